@@ -1,0 +1,1 @@
+"""The device contract's wire formats: AES echo cipher, ESP32 app images, OTA messages."""
