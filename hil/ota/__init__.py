@@ -1,0 +1,6 @@
+"""Firmware delivery over MQTT: the windowed sender and the fault plans that exercise devices."""
+
+from hil.ota.faults import FaultPlan
+from hil.ota.sender import OtaError, OtaRefused, OtaResult, OtaSender, OtaTimeout
+
+__all__ = ["FaultPlan", "OtaError", "OtaRefused", "OtaResult", "OtaSender", "OtaTimeout"]

@@ -1,0 +1,331 @@
+"""The OTA sender: BEGIN, chunks through a sliding window, END, as PROTOCOL.md describes.
+
+The device writes chunks strictly in order, so `OTA:PROGRESS:n/total` acknowledges every chunk
+up to n (cumulative), and `OTA:REQUEST:n` says all below n are written and n is missing. The
+sender therefore runs go-back-N: on a request or a silent `reply_timeout` it resends from the
+oldest missing chunk. Window 1 is the seed server's stop-and-wait. The sender knows nothing of
+MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from hil.ota.faults import FaultPlan
+from hil.profile import DeviceProfile
+from hil.protocol.ota import (
+    CHUNK_DATA_SIZE,
+    END,
+    Error,
+    OtaReply,
+    Progress,
+    Ready,
+    Request,
+    Success,
+    begin,
+    chunk_count,
+    encode_chunk,
+    split_image,
+)
+
+Publish = Callable[[str], Awaitable[None]]
+ProgressCallback = Callable[[int, int, int], None]  # bytes acknowledged, total, retransmissions
+
+REASONS = {
+    "busy": "an update is already in progress",
+    "size": "the size is 0 or larger than the OTA partition",
+    "verify": "the image failed verification at OTA:END",
+    "size_mismatch": "the bytes received differ from the size announced at OTA:BEGIN",
+    "invalid_chunk": "a chunk could not be decoded or overflowed the announced size",
+    "network": "the network dropped during the update",
+    "timeout": "the device waited too long for a chunk",
+}
+
+
+class OtaError(Exception):
+    """An update that did not complete."""
+
+
+class OtaRefused(OtaError):
+    """The device answered `OTA:ERROR:<reason>`; `reason` is the device's word for it."""
+
+    def __init__(self, reason: str, step: str) -> None:
+        meaning = REASONS.get(reason, "a reason PROTOCOL.md does not list")
+        super().__init__(f"device refused the update at {step}: OTA:ERROR:{reason} ({meaning})")
+        self.reason = reason
+        self.step = step
+
+
+class OtaTimeout(OtaError):
+    """The device stopped answering; `chunk` is None when it was BEGIN or END it ignored."""
+
+    def __init__(self, message: str, chunk: int | None, waited: float) -> None:
+        super().__init__(message)
+        self.chunk = chunk
+        self.waited = waited
+
+
+@dataclass(frozen=True)
+class OtaResult:
+    """What one completed push cost."""
+
+    size: int
+    chunks: int
+    seconds: float
+    retransmissions: int
+    requests_seen: int
+    window: int  # the adaptive window when the transfer ended
+    answer: OtaReply
+
+    @property
+    def throughput(self) -> float:
+        """Image bytes per second, BEGIN to the device's final answer."""
+        return self.size / self.seconds if self.seconds > 0 else math.inf
+
+
+class OtaSender:
+    """Pushes images to one device; holds the settings, each push gets a fresh transfer."""
+
+    def __init__(
+        self,
+        publish: Publish,
+        replies: asyncio.Queue[OtaReply],
+        *,
+        data_size: int = CHUNK_DATA_SIZE,
+        window: int = 8,
+        reply_timeout: float = 20.0,
+        max_retries: int = 10,
+        faults: FaultPlan | None = None,
+        adaptive: bool = True,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        if data_size < 1 or window < 1 or max_retries < 0 or reply_timeout <= 0:
+            raise ValueError(
+                f"need data_size >= 1, window >= 1, max_retries >= 0, reply_timeout > 0; got "
+                f"{data_size}, {window}, {max_retries}, {reply_timeout}"
+            )
+        self.publish = publish
+        self.replies = replies
+        self.data_size = data_size
+        self.window = window
+        self.reply_timeout = reply_timeout
+        self.max_retries = max_retries
+        self.faults = faults or FaultPlan()
+        self.adaptive = adaptive
+        self.on_progress = on_progress
+
+    @classmethod
+    def for_profile(
+        cls,
+        profile: DeviceProfile,
+        publish: Publish,
+        replies: asyncio.Queue[OtaReply],
+        **options: Any,
+    ) -> OtaSender:
+        """A sender with the profile's chunk size, reply limit and retry budget."""
+        settings: dict[str, Any] = {
+            "data_size": profile.ota.chunk_data_size,
+            "reply_timeout": profile.limits.ota_reply_s,
+            "max_retries": profile.limits.ota_retries,
+        }
+        return cls(publish, replies, **(settings | options))
+
+    async def push(self, image: bytes) -> OtaResult:
+        """Deliver `image`; raise OtaRefused, OtaTimeout or OtaError if the device does not take it.
+
+        Answers already queued from an earlier exchange are discarded first: they would be
+        read as this update's.
+        """
+        while not self.replies.empty():
+            self.replies.get_nowait()
+        return await _Transfer(self, image).run()
+
+
+class _Transfer:
+    """The state of one push: window edges, timers, counters."""
+
+    def __init__(self, sender: OtaSender, image: bytes) -> None:
+        self.s = sender
+        self.image = image
+        self.chunks = split_image(image, sender.data_size)
+        self.total = chunk_count(len(image), sender.data_size)
+        sender.faults.check(self.total)
+        self.limit = sender.faults.chunk_limit(self.total)
+        self.loop = asyncio.get_running_loop()
+        self.base = 0  # oldest chunk not acknowledged
+        self.next = 0  # next chunk to put on the wire
+        self.fresh = 0  # first chunk never sent
+        self.cwnd = sender.window
+        self.acked_run = 0  # chunks acknowledged since the window last changed
+        self.sent_at: dict[int, float] = {}
+        self.resent: set[int] = set()
+        self.went_back_at: dict[int, float] = {}
+        self.retries: Counter[int] = Counter()
+        self.retransmissions = 0
+        self.requests_seen = 0
+        self.srtt = 0.0
+        self.progress_at = self.timer_at = 0.0
+        self.last_answer: OtaReply | None = None
+
+    async def run(self) -> OtaResult:
+        started = self.loop.time()
+        await self.s.publish(begin(len(self.image)))
+        await self._await_ready()
+        self.progress_at = self.timer_at = self.loop.time()
+        self.srtt = self.progress_at - started  # BEGIN to READY: the first round-trip sample
+        while self.base < self.limit:
+            await self._fill()
+            reply = await self._reply(self.timer_at + self.s.reply_timeout)
+            if reply is None:
+                self._go_back(self.base)
+            else:
+                self._handle(reply)
+        await self.s.publish(END)
+        answer = await self._await_final()
+        return OtaResult(
+            size=len(self.image),
+            chunks=self.total,
+            seconds=self.loop.time() - started,
+            retransmissions=self.retransmissions,
+            requests_seen=self.requests_seen,
+            window=self.cwnd,
+            answer=answer,
+        )
+
+    async def _reply(self, deadline: float) -> OtaReply | None:
+        """The next answer, or None once `deadline` (loop time) passes without one."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                reply = await self.s.replies.get()
+        except TimeoutError:
+            return None
+        self.last_answer = reply
+        return reply
+
+    async def _await_ready(self) -> None:
+        deadline = self.loop.time() + self.s.reply_timeout
+        while (reply := await self._reply(deadline)) is not None:
+            match reply:
+                case Ready(size=size) if size == len(self.image):
+                    return
+                case Ready(size=size):
+                    raise OtaError(f"device answered OTA:READY:{size} to {begin(len(self.image))}")
+                case Error(reason=reason):
+                    raise OtaRefused(reason, "OTA:BEGIN")
+        raise OtaTimeout(
+            f"no answer to {begin(len(self.image))} within {self.s.reply_timeout:.1f} s",
+            chunk=None,
+            waited=self.s.reply_timeout,
+        )
+
+    async def _await_final(self) -> OtaReply:
+        deadline = self.loop.time() + self.s.reply_timeout
+        while (reply := await self._reply(deadline)) is not None:
+            match reply:
+                case Success():
+                    return reply
+                case Error(reason=reason):
+                    raise OtaRefused(reason, END)
+        raise OtaTimeout(
+            f"no answer to {END} within {self.s.reply_timeout:.1f} s after all "
+            f"{self.limit} chunks were acknowledged",
+            chunk=None,
+            waited=self.s.reply_timeout,
+        )
+
+    async def _fill(self) -> None:
+        """Send until the window is full. A reordered pair may put one chunk beyond it."""
+        plan = self.s.faults
+        while self.next < min(self.limit, self.base + self.cwnd):
+            if self.next < self.fresh:
+                await self._send(self.next)
+                self.resent.add(self.next)
+                self.retransmissions += 1
+                self.next += 1
+                continue
+            consumed, wire = plan.first_emission(self.next, self.limit)
+            now = self.loop.time()
+            for number in range(self.next, self.next + consumed):
+                self.sent_at[number] = now
+            for number in wire:
+                await self._send(number)
+            self.next = self.fresh = self.next + consumed
+
+    async def _send(self, number: int) -> None:
+        data = self.s.faults.data(number, self.chunks[number])
+        await self.s.publish(encode_chunk(number, data))
+
+    def _handle(self, reply: OtaReply) -> None:
+        match reply:
+            case Progress(number=number, total=total):
+                if total != self.total:
+                    raise OtaError(
+                        f"device counts {total} chunks, the image has {self.total} "
+                        f"of {self.s.data_size} bytes"
+                    )
+                self._acknowledge(number)
+            case Request(number=number):
+                self.requests_seen += 1
+                self._acknowledge(number - 1)
+                if not self._stale(number):
+                    self._go_back(number)
+            case Error(reason=reason):
+                raise OtaRefused(reason, f"chunk {self.base}")
+            case Success():
+                raise OtaError(f"device answered OTA:SUCCESS before {END}")
+
+    def _acknowledge(self, number: int) -> None:
+        """Everything up to `number` is written: slide the window, sample the round trip."""
+        if number < self.base:
+            return
+        if number >= self.fresh:
+            raise OtaError(f"device acknowledged chunk {number}, which was never sent")
+        now = self.loop.time()
+        if number not in self.resent:  # Karn: a resent chunk's answer is ambiguous
+            self.srtt += (now - self.sent_at[number] - self.srtt) / 8
+        advanced = number + 1 - self.base
+        self.base = number + 1
+        self.next = max(self.next, self.base)
+        self.progress_at = self.timer_at = now
+        if self.s.adaptive:
+            self.acked_run += advanced
+            if self.acked_run >= self.cwnd:
+                self.acked_run = 0
+                self.cwnd = min(self.s.window, self.cwnd + 1)
+        if self.s.on_progress:
+            acked = min(self.base * self.s.data_size, len(self.image))
+            self.s.on_progress(acked, len(self.image), self.retransmissions)
+
+    def _stale(self, number: int) -> bool:
+        """A request already answered: below the window, or echoing a go-back within one RTT.
+
+        Every chunk in flight above a gap draws its own REQUEST for the gap; only the first
+        of them should resend the window.
+        """
+        went_back = self.went_back_at.get(number)
+        return number < self.base or (
+            went_back is not None and self.loop.time() - went_back < self.srtt
+        )
+
+    def _go_back(self, number: int) -> None:
+        """Resend from `number` on the next fill, or give up once its retries are spent."""
+        now = self.loop.time()
+        if self.retries[number] >= self.s.max_retries:
+            raise OtaTimeout(
+                f"gave up on chunk {number} of {self.total} after {self.retries[number]} "
+                f"retransmissions: no progress for {now - self.progress_at:.1f} s "
+                f"(reply timeout {self.s.reply_timeout:.1f} s, last answer: {self.last_answer})",
+                chunk=number,
+                waited=now - self.progress_at,
+            )
+        self.retries[number] += 1
+        self.went_back_at[number] = self.timer_at = now
+        self.next = number
+        if self.s.adaptive:
+            self.cwnd = max(1, self.cwnd // 2)
+            self.acked_run = 0
