@@ -1,0 +1,75 @@
+"""Per-test artifact folders: console.log, mqtt.jsonl, measurements.json, written as things happen.
+
+Console and MQTT records arrive from long-lived session resources; `ArtifactStore.append`
+routes each to the folder of the test running now (or to `_session/` between tests), so a
+crash mid-run still leaves every line written so far.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+
+def default_root() -> Path:
+    return Path("hil-artifacts") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _folder_name(nodeid: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__"))
+    return name[:180]
+
+
+class ArtifactStore:
+    """Files under `root`, one folder per test; appends go to the current folder."""
+
+    SESSION = "_session"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.current = root / self.SESSION
+        self._files: dict[str, IO[str]] = {}
+        self._lock = threading.Lock()
+
+    def begin_test(self, nodeid: str) -> Path:
+        with self._lock:
+            self._close_files()
+            self.current = self.root / _folder_name(nodeid)
+            return self.current
+
+    def end_test(self) -> None:
+        with self._lock:
+            self._close_files()
+            self.current = self.root / self.SESSION
+
+    def append(self, name: str, text: str) -> None:
+        with self._lock:
+            handle = self._files.get(name)
+            if handle is None:
+                self.current.mkdir(parents=True, exist_ok=True)
+                handle = self._files[name] = open(self.current / name, "a", encoding="utf-8")
+            handle.write(text)
+            handle.flush()
+
+    def sink(self, name: str):
+        """A callable that appends to `name` in whichever folder is current."""
+        return lambda text: self.append(name, text)
+
+    def write(self, name: str, text: str) -> Path:
+        with self._lock:
+            self.current.mkdir(parents=True, exist_ok=True)
+            path = self.current / name
+            path.write_text(text, encoding="utf-8")
+            return path
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_files()
+
+    def _close_files(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()

@@ -1,0 +1,89 @@
+"""amqtt in a thread of this process: a broker for a machine that has nothing but pip."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, free_port
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    host: str = "127.0.0.1"
+    port: int = 0
+    start_timeout_s: float = 10.0
+
+
+class EmbeddedBroker(BrokerDriver):
+    """Runs on its own event loop thread, so a busy test loop never stalls the broker."""
+
+    Options = EmbeddedOptions
+
+    def __init__(self, options: EmbeddedOptions, workdir: Path) -> None:
+        super().__init__(options, workdir)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker = None
+        self.log_path = workdir / "amqtt.log"
+        self._log_handler: logging.Handler | None = None
+
+    def start(self) -> BrokerEndpoint:
+        try:
+            from amqtt.broker import Broker
+        except ImportError:
+            raise BrokerError("amqtt is not installed: pip install amqtt") from None
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._log_handler = logging.FileHandler(self.log_path)
+        self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logging.getLogger("amqtt").addHandler(self._log_handler)
+        logging.getLogger("amqtt").propagate = False
+        port = self.options.port or free_port(self.options.host)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.options.host}:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._loop = asyncio.new_event_loop()
+        ready: Future[None] = Future()
+
+        async def serve() -> None:
+            self._broker = Broker(config)
+            await self._broker.start()
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            try:
+                self._loop.run_until_complete(serve())
+            except Exception as exc:  # reported to start() below
+                ready.set_exception(exc)
+                return
+            ready.set_result(None)
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, name="hil-amqtt", daemon=True)
+        self._thread.start()
+        try:
+            ready.result(timeout=self.options.start_timeout_s)
+        except Exception as exc:
+            self.stop()
+            raise BrokerError(f"embedded amqtt broker did not start on port {port}: {exc}") from None
+        return BrokerEndpoint(self.options.host, port)
+
+    def stop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        if self._broker is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._broker.shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread:
+            self._thread.join(timeout=10)
+        loop.close()
+        self._broker = None
+        if self._log_handler:
+            logging.getLogger("amqtt").removeHandler(self._log_handler)
+            self._log_handler.close()

@@ -1,0 +1,165 @@
+"""The device's serial console through pyserial, surviving USB re-enumeration.
+
+An ESP32-S3's native USB port vanishes on every reset and may come back under another
+/dev/ttyACM number. The reader thread notices the port going, finds it again (same path, or
+the same udev identity when the rig gives `match`), reopens it and carries on; a device that
+stays away longer than `reappear_s` fails whatever test is waiting on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import serial
+
+from hil.console import ConsoleBuffer
+from hil.profile import DeviceProfile
+
+
+class ConsoleError(RuntimeError):
+    """The console cannot be opened; the message names the port and the fix."""
+
+
+@dataclass(frozen=True)
+class SerialOptions:
+    port: str | None = None
+    match: dict[str, str] = field(default_factory=dict)  # vendor_id, product_id, serial, interface
+    baud: int = 115200
+    reappear_s: float = 30.0  # how long the port may stay away (reset, OTA reboot)
+
+    def __post_init__(self) -> None:
+        if bool(self.port) == bool(self.match):
+            raise ValueError("give exactly one of port (a path) or match (a udev identity)")
+        unknown = set(self.match) - {"vendor_id", "product_id", "serial", "interface"}
+        if unknown:
+            raise ValueError(
+                f"unknown match key {sorted(unknown)[0]!r}; use vendor_id, product_id, serial, interface"
+            )
+
+    def describe(self) -> str:
+        if self.port:
+            return self.port
+        return "udev " + " ".join(f"{k}={v}" for k, v in sorted(self.match.items()))
+
+
+class SerialConsole(ConsoleBuffer):
+    """Reads lines in a thread; everything else (expect, incidents, log) is ConsoleBuffer's."""
+
+    Options = SerialOptions
+    POLL_S = 0.05
+
+    def __init__(self, options: SerialOptions, profile: DeviceProfile) -> None:
+        super().__init__(panic=profile.console.panic or None, boot=profile.console.boot or None)
+        self.options = options
+        self._serial: serial.Serial | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._partial = b""
+        self.port_path: str | None = None
+        self.reopened = 0
+
+    def _find_port(self) -> str | None:
+        if self.options.port:
+            return self.options.port if Path(self.options.port).exists() else None
+        from hil.discovery import UdevMatch, find_ports
+
+        found = find_ports(UdevMatch(**self.options.match))
+        return found[0].node if len(found) == 1 else None
+
+    def _try_open(self) -> bool:
+        path = self._find_port()
+        if path is None:
+            return False
+        try:
+            self._serial = serial.Serial(path, self.options.baud, timeout=self.POLL_S)
+        except (serial.SerialException, OSError):
+            return False
+        self.port_path = path
+        return True
+
+    def open(self, timeout: float | None = None) -> None:
+        """Open the port (waiting up to `timeout`, default reappear_s) and start reading."""
+        limit = self.options.reappear_s if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while not self._try_open():
+            if time.monotonic() >= deadline:
+                raise ConsoleError(
+                    f"console port {self.options.describe()} not found or not openable within "
+                    f"{limit:g} s; check [console] in the rig file and the cable "
+                    "(`hil discover` lists the serial devices plugged in)"
+                )
+            time.sleep(self.POLL_S)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="hil-console", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._close_port()
+
+    def _close_port(self) -> None:
+        if self._serial is not None:
+            try:
+                self._serial.close()
+            except (serial.SerialException, OSError):
+                pass
+            self._serial = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if self._serial is None:
+                self._wait_for_port()
+                continue
+            try:
+                data = self._serial.read(max(1, self._serial.in_waiting))
+            except (serial.SerialException, OSError, TypeError):
+                self._flush_partial()
+                self._close_port()
+                self.note(f"console port {self.port_path} vanished; waiting for it to come back")
+                continue
+            if data:
+                self._take(data)
+
+    def _wait_for_port(self) -> None:
+        deadline = time.monotonic() + self.options.reappear_s
+        while not self._stop.is_set():
+            if self._try_open():
+                self.reopened += 1
+                self.note(f"console port back as {self.port_path}")
+                return
+            if time.monotonic() >= deadline:
+                self.lose(
+                    f"console port {self.options.describe()} vanished and did not come back "
+                    f"within {self.options.reappear_s:g} s (the rig's console reappear_s)"
+                )
+                self._stop.wait()
+                return
+            self._stop.wait(self.POLL_S)
+
+    def _take(self, data: bytes) -> None:
+        self._partial += data
+        *complete, self._partial = self._partial.split(b"\n")
+        for raw in complete:
+            self.feed(raw.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def _flush_partial(self) -> None:
+        if self._partial.strip():
+            self.feed(self._partial.rstrip(b"\r").decode("utf-8", "replace"))
+        self._partial = b""
+
+    def describe(self) -> str:
+        return f"serial console {self.options.describe()} at {self.options.baud} baud"
+
+    def __enter__(self) -> SerialConsole:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

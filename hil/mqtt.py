@@ -1,0 +1,221 @@
+"""The harness's MQTT client: every message in and out recorded, and awaited from a cursor.
+
+It owns one aiomqtt connection as an async context manager. Each record carries time,
+direction, topic, QoS and payload and goes to the current test's `mqtt.jsonl` as it happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiomqtt
+
+from hil.broker import BrokerEndpoint, BrokerError
+
+Match = str | re.Pattern[str] | Callable[["MqttRecord"], bool] | None
+
+
+@dataclass(frozen=True)
+class MqttRecord:
+    index: int
+    time: float
+    direction: str  # "in" (from the broker) or "out" (published by the harness)
+    topic: str
+    qos: int
+    payload: bytes
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode("utf-8", "replace")
+
+    def to_json(self) -> str:
+        try:
+            payload, encoding = self.payload.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            payload, encoding = base64.b64encode(self.payload).decode(), "base64"
+        return json.dumps(
+            {
+                "time": datetime.fromtimestamp(self.time).isoformat(timespec="milliseconds"),
+                "dir": self.direction,
+                "topic": self.topic,
+                "qos": self.qos,
+                "payload": payload,
+                "encoding": encoding,
+            }
+        )
+
+
+class MqttTimeout(AssertionError):
+    """The device did not publish what the test waited for."""
+
+
+def tls_context(endpoint: BrokerEndpoint) -> ssl.SSLContext | None:
+    """An SSL context verifying the broker against the rig's CA (unless `insecure` is written)."""
+    tls = endpoint.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    if tls.cert and tls.key:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    if tls.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _matches(record: MqttRecord, match: Match) -> bool:
+    if match is None:
+        return True
+    if isinstance(match, str):
+        return record.text == match
+    if isinstance(match, re.Pattern):
+        return match.fullmatch(record.text) is not None
+    return bool(match(record))
+
+
+class MqttRecorder:
+    """One client connection for a test session, subscribed to the device's status topic."""
+
+    def __init__(
+        self, endpoint: BrokerEndpoint, subscribe: list[str], client_id: str | None = None
+    ) -> None:
+        self.endpoint = endpoint
+        self.topics = subscribe
+        self.client_id = client_id or f"hil-{uuid.uuid4().hex[:8]}"
+        self.records: list[MqttRecord] = []
+        self.cursor = 0
+        self.sink: Callable[[str], None] | None = None
+        self._client: aiomqtt.Client | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Condition()
+        self._taps: dict[str, list[asyncio.Queue[MqttRecord]]] = {}
+
+    async def __aenter__(self) -> MqttRecorder:
+        self._client = aiomqtt.Client(
+            self.endpoint.host,
+            self.endpoint.port,
+            username=self.endpoint.username,
+            password=self.endpoint.password,
+            identifier=self.client_id,
+            protocol=aiomqtt.ProtocolVersion.V311,
+            tls_context=tls_context(self.endpoint),
+            timeout=10,
+        )
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            self._client = None
+            raise BrokerError(
+                f"cannot connect to broker {self.endpoint} as {self.client_id}: {exc}; "
+                "check [broker] host, port, TLS files, username and the password variable"
+            ) from None
+        for topic in self.topics:
+            await self._client.subscribe(topic, qos=1)
+        self._reader = asyncio.create_task(self._read(), name="hil-mqtt-reader")
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await self._reader
+        if self._client:
+            with contextlib.suppress(aiomqtt.MqttError, OSError):
+                await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    async def _read(self) -> None:
+        assert self._client is not None
+        async for message in self._client.messages:
+            payload = message.payload
+            if isinstance(payload, str):
+                payload = payload.encode()
+            elif not isinstance(payload, bytes | bytearray):
+                payload = str(payload).encode()
+            await self._add("in", message.topic.value, message.qos, bytes(payload))
+
+    async def _add(self, direction: str, topic: str, qos: int, payload: bytes) -> MqttRecord:
+        async with self._changed:
+            record = MqttRecord(len(self.records), time.time(), direction, topic, qos, payload)
+            self.records.append(record)
+            self._changed.notify_all()
+        if self.sink:
+            self.sink(record.to_json() + "\n")
+        if direction == "in":
+            for queue in self._taps.get(topic, []):
+                queue.put_nowait(record)
+        return record
+
+    async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> MqttRecord:
+        """Publish and record; with QoS 1 this returns once the broker has acknowledged it."""
+        if self._client is None:
+            raise BrokerError("MQTT client used outside its session")
+        data = payload.encode() if isinstance(payload, str) else payload
+        record = await self._add("out", topic, qos, data)
+        await self._client.publish(topic, data, qos=qos)
+        return record
+
+    def mark(self) -> int:
+        return len(self.records)
+
+    def skip(self) -> None:
+        """Move the cursor past everything received so far."""
+        self.cursor = self.mark()
+
+    def received(self, topic: str, since: int = 0) -> list[MqttRecord]:
+        return [r for r in self.records[since:] if r.direction == "in" and r.topic == topic]
+
+    async def expect(
+        self, topic: str, match: Match = None, timeout: float = 10.0, *, since: int | None = None
+    ) -> MqttRecord:
+        """Wait for an incoming message on `topic` matching `match` at or after the cursor.
+
+        `match` is the exact payload text, a regex the whole payload must match, or a predicate.
+        On a match the cursor moves past it, so consecutive expects check order.
+        """
+        start = self.cursor if since is None else since
+        deadline = asyncio.get_running_loop().time() + timeout
+        async with self._changed:
+            while True:
+                for record in self.records[start:]:
+                    if record.direction == "in" and record.topic == topic and _matches(record, match):
+                        self.cursor = record.index + 1
+                        return record
+                start = len(self.records)
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise MqttTimeout(self._timeout_message(topic, match, timeout))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+
+    def _timeout_message(self, topic: str, match: Match, timeout: float) -> str:
+        want = match.pattern if isinstance(match, re.Pattern) else match
+        if callable(want):
+            want = getattr(want, "__name__", "a predicate")
+        seen = self.received(topic)[-8:]
+        tail = "\n".join(f"    {r.text[:120]!r}" for r in seen) or "    (nothing)"
+        return (
+            f"mqtt: no message on {topic!r} matching {want!r} within {timeout:g} s; "
+            f"the last ones on that topic were:\n{tail}"
+        )
+
+    @contextlib.asynccontextmanager
+    async def tap(self, topic: str) -> AsyncIterator[asyncio.Queue[MqttRecord]]:
+        """A queue of every message arriving on `topic` while the block runs."""
+        queue: asyncio.Queue[MqttRecord] = asyncio.Queue()
+        self._taps.setdefault(topic, []).append(queue)
+        try:
+            yield queue
+        finally:
+            self._taps[topic].remove(queue)

@@ -1,0 +1,131 @@
+"""The pytest plugin: `--rig`, `--hil-artifacts`, markers, rig validation and per-test artifacts.
+
+Registered by the `pytest11` entry point, so `pytest --rig R test_suites` works anywhere hil
+is installed. A bad rig file stops the run before any test. A device panic or unplanned reboot
+during a test fails that test; measurements land in `measurements.json` and JUnit properties.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from hil.artifacts import ArtifactStore, default_root
+from hil.console import DeviceIncident
+from hil.measurements import Measurements
+from hil.rig import DEFAULT_RIG, Rig, load_rig
+from hil.schema import ConfigError
+
+RIG_KEY = pytest.StashKey[Rig | None]()
+RIG_ORIGIN_KEY = pytest.StashKey[str]()
+STORE_KEY = pytest.StashKey[ArtifactStore]()
+MEASUREMENTS_KEY = pytest.StashKey[Measurements]()
+CONSOLE_MARK_KEY = pytest.StashKey[int]()
+CAPABILITY_HINTS = {
+    "power": "it has no [power] table",
+    "broker_log": "its broker driver does not report client connections (use mosquitto)",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("hil", "hardware-in-the-loop")
+    group.addoption(
+        "--rig",
+        metavar="PATH",
+        help=f"rig file to run against (default: the virtual rig {DEFAULT_RIG})",
+    )
+    group.addoption(
+        "--hil-artifacts",
+        metavar="DIR",
+        help="where per-test console logs, MQTT logs and measurements go "
+        "(default: hil-artifacts/<timestamp>/)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hil: a test that runs against a rig (hardware or twin)")
+    config.addinivalue_line(
+        "markers", "needs(capability): skip unless the rig has it (power, broker_log)"
+    )
+    given = config.getoption("--rig")
+    path = Path(given) if given else Path(config.rootpath) / DEFAULT_RIG
+    rig = None
+    if given or path.is_file():
+        try:
+            rig = load_rig(path)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"hil: bad rig file: {exc}") from None
+    config.stash[RIG_KEY] = rig
+    config.stash[RIG_ORIGIN_KEY] = "" if given else " (default)"
+    root = config.getoption("--hil-artifacts")
+    config.stash[STORE_KEY] = ArtifactStore(Path(root) if root else default_root())
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM from a CI runner unwinds like Ctrl-C, so fixtures give the rig back.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    store = config.stash.get(STORE_KEY, None)
+    if store is not None:
+        store.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    rig = config.stash.get(RIG_KEY, None)
+    if rig is None:
+        return ["hil rig: none (pass --rig PATH to run rig tests)"]
+    kind = "virtual rig" if rig.sim else "hardware rig"
+    return [
+        f"hil rig: {rig.path} ({kind}{config.stash[RIG_ORIGIN_KEY]}), "
+        f"profile {rig.profile.name}, artifacts {config.stash[STORE_KEY].root}"
+    ]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    rig = item.config.stash.get(RIG_KEY, None)
+    for marker in item.iter_markers("needs"):
+        for capability in marker.args:
+            if rig is not None and capability not in rig.capabilities:
+                hint = CAPABILITY_HINTS.get(capability, "it does not provide it")
+                pytest.skip(f"needs {capability}: rig {rig.name!r} lacks it ({hint})")
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    store = item.config.stash[STORE_KEY]
+    item.stash[MEASUREMENTS_KEY] = Measurements()
+    store.begin_test(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        measurements = item.stash[MEASUREMENTS_KEY]
+        if measurements.items:
+            store.write("measurements.json", measurements.to_json() + "\n")
+        store.end_test()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    console = _session_console(item)
+    mark = console.mark() if console else 0
+    result = yield
+    if console is not None:
+        incidents = console.incidents_since(mark)
+        if incidents:
+            raise DeviceIncident(incidents)
+    return result
+
+
+def _session_console(item: pytest.Item):
+    """The rig's console if the test uses the rig, else None (unit tests pay nothing)."""
+    session = getattr(item, "funcargs", {}).get("hil_session")
+    return session.console if session is not None else None
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+    if call.when == "teardown":
+        measurements = item.stash.get(MEASUREMENTS_KEY, None)
+        if measurements:
+            item.user_properties.extend(measurements.properties())

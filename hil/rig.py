@@ -1,0 +1,203 @@
+"""Rig files: one TOML file says which console, power switch, broker and profile make a rig.
+
+Loading validates everything a run needs before any test: unknown keys, wrong types, missing
+files and unknown drivers stop it with one line naming the file, the key and the fix. Driver
+tables are checked against the driver's own `Options` dataclass, so a third-party driver's keys
+are validated the same way. Paths are relative to the rig file; `{sim}` stands for the virtual
+rig's port folder, known only once the twin runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hil import registry, schema
+from hil.power import CommonPowerOptions
+from hil.profile import DeviceProfile, load_profile
+from hil.schema import ConfigError
+from hil.sim.options import SimOptions
+
+SIM_DIR = "{sim}"
+SECTIONS = ("rig", "console", "power", "broker", "profile", "limits", "sim")
+DEFAULT_RIG = Path("rigs/sim.toml")
+
+
+@dataclass(frozen=True)
+class RigInfo:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """A resolved driver table: the driver's name, its class and its validated options."""
+
+    name: str
+    cls: type
+    options: Any
+
+
+@dataclass(frozen=True)
+class Rig:
+    """A validated rig: what the fixtures open, in the order they open it."""
+
+    path: Path
+    info: RigInfo
+    console: DriverConfig
+    power: DriverConfig | None
+    power_common: CommonPowerOptions
+    broker: DriverConfig
+    profile: DeviceProfile
+    sim: SimOptions | None
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+    def with_sim_dir(self, sim_dir: Path) -> Rig:
+        """This rig with `{sim}` in port paths replaced by the running twin's folder."""
+        return dataclasses.replace(
+            self,
+            console=_substitute(self.console, sim_dir),
+            power=_substitute(self.power, sim_dir) if self.power else None,
+        )
+
+    def summary(self) -> list[str]:
+        lines = [f"rig {self.name!r} from {self.path}"]
+        lines.append(f"  console: {self.console.name} {_options_text(self.console.options)}")
+        if self.power:
+            nc = " (normally closed)" if self.power_common.normally_closed else ""
+            lines.append(f"  power:   {self.power.name}{nc} {_options_text(self.power.options)}")
+        else:
+            lines.append("  power:   none (tests that need power control are skipped)")
+        lines.append(f"  broker:  {self.broker.name} {_options_text(self.broker.options)}")
+        lines.append(f"  profile: {self.profile.name}")
+        if self.sim:
+            faults = ", ".join(self.sim.faults) or "none"
+            lines.append(
+                f"  sim:     firmware {self.sim.firmware_version}, time scale "
+                f"{self.sim.time_scale}, rtt {self.sim.rtt_ms:g} ms, faults: {faults}"
+            )
+        return lines
+
+
+def _options_text(options: Any) -> str:
+    parts = []
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        if value in (None, "", {}, []) or value == f.default:
+            continue
+        parts.append(f"{f.name}={value}")
+    return " ".join(parts)
+
+
+def _substitute(config: DriverConfig, sim_dir: Path) -> DriverConfig:
+    changes = {
+        f.name: getattr(config.options, f.name).replace(SIM_DIR, str(sim_dir))
+        for f in dataclasses.fields(config.options)
+        if isinstance(getattr(config.options, f.name), str)
+        and SIM_DIR in getattr(config.options, f.name)
+    }
+    return dataclasses.replace(config, options=dataclasses.replace(config.options, **changes))
+
+
+def _driver(group: str, table: dict[str, Any], rig_dir: Path, extra: tuple[str, ...] = ()):
+    table = dict(table)
+    name = table.pop("driver", None)
+    if name is None:
+        raise ConfigError(f"{group}.driver", f"missing; installed: {registry.driver_names(group)}")
+    if not isinstance(name, str):
+        raise ConfigError(f"{group}.driver", f"expected a string, got {name!r}")
+    if group == "broker" and name == "auto":
+        name = "mosquitto" if shutil.which("mosquitto") else "embedded"
+    try:
+        cls = registry.resolve(group, name)
+    except registry.UnknownDriver as exc:
+        raise ConfigError(f"{group}.driver", str(exc)) from None
+    own = {k: v for k, v in table.items() if k not in extra}
+    options = schema.load(cls.Options, _resolve_paths(cls.Options, own, rig_dir, group), group)
+    return DriverConfig(name, cls, options), {k: v for k, v in table.items() if k in extra}
+
+
+def _resolve_paths(options_cls: type, table: dict[str, Any], rig_dir: Path, group: str):
+    """Make file options absolute (relative to the rig file) and check that they exist."""
+    out = dict(table)
+    for f in dataclasses.fields(options_cls):
+        if f.metadata.get("file") and isinstance(out.get(f.name), str):
+            path = Path(out[f.name]).expanduser()
+            path = path if path.is_absolute() else rig_dir / path
+            if not path.exists():
+                raise ConfigError(
+                    f"{group}.{f.name}", f"file {path} does not exist; fix the path or create it"
+                )
+            out[f.name] = str(path)
+    return out
+
+
+def parse_rig(data: dict[str, Any], path: Path) -> Rig:
+    """Validate parsed TOML as a rig; ConfigError names the key."""
+    for key in data:
+        if key not in SECTIONS:
+            raise ConfigError(key, f"unknown section; a rig has: {', '.join(SECTIONS)}")
+    for key in SECTIONS:
+        if key in data and not isinstance(data[key], dict):
+            raise ConfigError(key, f"expected a table [{key}], got {data[key]!r}")
+    rig_dir = path.parent
+    info = schema.load(RigInfo, data.get("rig", {"name": path.stem}), "rig")
+    if "console" not in data:
+        raise ConfigError("console", "missing; a rig needs a [console] table")
+    console, _ = _driver("console", data["console"], rig_dir)
+    power = None
+    common = CommonPowerOptions()
+    if "power" in data:
+        power, rest = _driver("power", data["power"], rig_dir, extra=("normally_closed",))
+        common = schema.load(CommonPowerOptions, rest, "power")
+    if "broker" not in data:
+        raise ConfigError("broker", "missing; a rig needs a [broker] table")
+    broker, _ = _driver("broker", data["broker"], rig_dir)
+    profile_table = dict(data.get("profile", {}))
+    profile_name = profile_table.pop("name", "reference")
+    overrides = schema.merge(profile_table, {"limits": data["limits"]} if "limits" in data else {})
+    try:
+        profile = load_profile(profile_name, overrides)
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.key if exc.key.startswith(("profile", "limits")) else f"profile.{exc.key}",
+            exc.reason,
+        ) from None
+    sim = schema.load(SimOptions, data["sim"], "sim") if "sim" in data else None
+    if sim is None:
+        for config, group in ((console, "console"), (power, "power")):
+            if config and SIM_DIR in _options_text(config.options):
+                raise ConfigError(group, "uses {sim} but the rig has no [sim] table to start one")
+    caps = {"console", "mqtt"}
+    if power:
+        caps.add("power")
+    if getattr(broker.cls, "reports_connections", False):
+        caps.add("broker_log")
+    return Rig(path, info, console, power, common, broker, profile, sim, frozenset(caps))
+
+
+def load_rig(path: str | Path) -> Rig:
+    """Read and validate a rig file; every error names the file and the key."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError("", f"rig file not found; `hil rigs check` takes a path like {DEFAULT_RIG}", path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", path) from None
+    try:
+        return parse_rig(data, path)
+    except ConfigError as exc:
+        raise exc.in_file(path) from None

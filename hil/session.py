@@ -1,0 +1,91 @@
+"""Bringing a rig up for a test session and always giving it back.
+
+Order: broker, then the twin (if the rig has `[sim]`), then power (switched on), then the
+console. Teardown runs in reverse from one ExitStack, also on failure, timeout and Ctrl-C:
+power is left on, ports closed, spawned brokers and twins stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from hil.broker import BrokerDriver, BrokerEndpoint
+from hil.console import ConsoleBuffer
+from hil.power import PowerDriver
+from hil.rig import Rig
+
+log = logging.getLogger("hil.session")
+
+
+class RigSession:
+    """The open resources of one rig; `rig` is updated with the twin's real port paths."""
+
+    def __init__(self, rig: Rig, workdir: Path) -> None:
+        self.rig = rig
+        self.workdir = workdir
+        self.broker: BrokerDriver | None = None
+        self.endpoint: BrokerEndpoint | None = None
+        self.twin: Any = None
+        self.power: PowerDriver | None = None
+        self.console: ConsoleBuffer | None = None
+        self._stack = contextlib.ExitStack()
+
+    def start(self, console_sink=None) -> RigSession:
+        try:
+            self._start(console_sink)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self, console_sink) -> None:
+        rig = self.rig
+        self.broker = rig.broker.cls(rig.broker.options, self.workdir / "broker")
+        self._stack.callback(self.broker.stop)
+        self.endpoint = self.broker.start()
+        log.info("broker %s (%s)", self.endpoint, rig.broker.name)
+        if rig.sim is not None:
+            from hil.sim.process import TwinProcess
+
+            self.twin = TwinProcess()
+            self._stack.callback(self.twin.stop)
+            sim_dir = self.workdir / "sim"
+            sim_dir.mkdir(parents=True, exist_ok=True)
+            ports = self.twin.start(
+                sim_dir,
+                f"{self.endpoint.host}:{self.endpoint.port}",
+                rig.profile,
+                rig.sim,
+                username=getattr(rig.broker.options, "username", None),
+                password_env=getattr(rig.broker.options, "password_env", None),
+            )
+            log.info("virtual rig up: %s", ports)
+            self.rig = rig = rig.with_sim_dir(sim_dir)
+        if rig.power is not None:
+            self.power = rig.power.cls(rig.power.options, rig.power_common, rig.directory)
+            self.power.open()
+            self._stack.callback(self.power.close)
+            self._stack.callback(self._power_back_on)
+            self.power.on()
+        self.console = rig.console.cls(rig.console.options, rig.profile)
+        self.console.sink = console_sink
+        self.console.open()
+        self._stack.callback(self.console.close)
+
+    def _power_back_on(self) -> None:
+        """Teardown never leaves the device's modem without power."""
+        if self.power is not None and self.power.is_on is not True:
+            log.info("teardown: switching modem power back on")
+            self.power.on()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> RigSession:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
