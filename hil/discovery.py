@@ -136,6 +136,8 @@ class SerialDevice:
 
     def rig_snippet(self) -> str:
         """The TOML that selects this port in a rig file."""
+        if self.vendor_id is None and self.product_id is None and self.serial is None:
+            return f"# {self.node} reports no USB identity; a rig can only name it by path"
         if (self.vendor_id, self.product_id) == SIM7600 and self.interface != SIM7600_AT_INTERFACE:
             return (
                 f"# {self.node} is the SIM7600 {SIM7600_INTERFACES.get(self.interface or '', '?')}"

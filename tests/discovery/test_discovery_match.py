@@ -97,3 +97,11 @@ def test_ch340_snippet_offers_the_lcus_relay_by_id():
         "port": "/dev/serial/by-id/usb-test_1a86_7523-if00-port0",
         "channel": 1,
     }
+
+
+def test_a_port_without_usb_identity_gets_a_comment_not_a_crash():
+    bare = SerialDevice("/dev/ttyUSB9", None, None, None, None, None, None, None, None)
+    assert (
+        bare.rig_snippet()
+        == "# /dev/ttyUSB9 reports no USB identity; a rig can only name it by path"
+    )
