@@ -218,7 +218,7 @@ class _Transfer:
                 case Error(reason=reason):
                     raise OtaRefused(reason, "OTA:BEGIN")
         raise OtaTimeout(
-            f"no answer to {begin(len(self.image))} within {self.s.reply_timeout:.1f} s",
+            f"no answer to {begin(len(self.image))} within {self.s.reply_timeout:g} s",
             chunk=None,
             waited=self.s.reply_timeout,
         )
@@ -232,7 +232,7 @@ class _Transfer:
                 case Error(reason=reason):
                     raise OtaRefused(reason, END)
         raise OtaTimeout(
-            f"no answer to {END} within {self.s.reply_timeout:.1f} s after all "
+            f"no answer to {END} within {self.s.reply_timeout:g} s after all "
             f"{self.limit} chunks were acknowledged",
             chunk=None,
             waited=self.s.reply_timeout,
@@ -319,7 +319,7 @@ class _Transfer:
             raise OtaTimeout(
                 f"gave up on chunk {number} of {self.total} after {self.retries[number]} "
                 f"retransmissions: no progress for {now - self.progress_at:.1f} s "
-                f"(reply timeout {self.s.reply_timeout:.1f} s, last answer: {self.last_answer})",
+                f"(reply timeout {self.s.reply_timeout:g} s, last answer: {self.last_answer})",
                 chunk=number,
                 waited=now - self.progress_at,
             )
