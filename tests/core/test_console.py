@@ -1,0 +1,106 @@
+"""The serial console against a pty pair: expect, incidents, and a port that vanishes."""
+
+import asyncio
+
+import pytest
+
+from hil.console import ConsoleTimeout, DeviceIncident, PortGone
+from hil.console.serial import ConsoleError, SerialConsole, SerialOptions
+from hil.profile import load_profile
+
+from .conftest import until
+
+PROFILE = load_profile()
+AWAY_S = 0.2
+
+
+@pytest.fixture
+def console(pty_port):
+    logged: list[str] = []
+    con = SerialConsole(SerialOptions(port=str(pty_port.link), reappear_s=2.0), PROFILE)
+    con.sink = logged.append
+    con.open(timeout=2)
+    con.logged = logged
+    yield con
+    con.close()
+
+
+async def test_expect_finds_a_line_and_moves_the_cursor(console, pty_port) -> None:
+    pty_port.write_line("State: STATE_INIT_MODEM -> STATE_WAIT_NETWORK")
+    pty_port.write_line("State: STATE_WAIT_NETWORK -> STATE_CONNECT_GPRS")
+    first = await console.expect(PROFILE.console.state, timeout=2)
+    second = await console.expect(PROFILE.console.state, timeout=2)
+    assert (first["src"], second["src"]) == ("STATE_INIT_MODEM", "STATE_WAIT_NETWORK")
+    assert second.line.index == first.line.index + 1
+
+
+async def test_lines_are_timestamped_into_the_log_as_they_arrive(console, pty_port) -> None:
+    pty_port.write_line("LED: ON")
+    await console.expect("LED: ON", timeout=2)
+    assert console.logged and console.logged[-1].rstrip().endswith("LED: ON")
+    assert console.logged[-1][:4].isdigit()  # ISO timestamp first
+
+
+async def test_timeout_says_what_was_expected_and_what_came(console, pty_port) -> None:
+    pty_port.write_line("LCD: Connecting...")
+    with pytest.raises(ConsoleTimeout, match=r"(?s)OTA Complete.*LCD: Connecting"):
+        await console.expect("OTA Complete", timeout=0.3)
+
+
+async def test_a_panic_fails_the_wait_at_once(console, pty_port) -> None:
+    async def crash() -> None:
+        await asyncio.sleep(AWAY_S)  # let expect() start waiting first
+        pty_port.write_line("Guru Meditation Error: Core  0 panic'ed (LoadProhibited).")
+        pty_port.write_line("Backtrace: 0x40081234:0x3ffb1234")
+
+    task = asyncio.create_task(crash())
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(DeviceIncident, match="Guru Meditation"):
+        await console.expect("never printed", timeout=10)
+    assert loop.time() - start < 5
+    await task
+
+
+async def test_unplanned_reboot_is_an_incident_planned_one_is_not(console, pty_port) -> None:
+    mark = console.mark()
+    with console.reboot_expected():
+        pty_port.write_line("rst:0xc (RTC_SW_CPU_RST),boot:0x8 (SPI_FAST_FLASH_BOOT)")
+        await console.expect("rst:0xc", timeout=2)
+    assert console.incidents_since(mark) == []
+    pty_port.write_line("rst:0x1 (POWERON_RESET),boot:0x8 (SPI_FAST_FLASH_BOOT)")
+    await console.expect("rst:0x1", timeout=2)
+    [incident] = console.incidents_since(mark)
+    assert incident.kind == "unplanned reboot"
+
+
+async def test_port_that_vanishes_and_comes_back_is_reopened(console, pty_port) -> None:
+    pty_port.write_line("before")
+    await console.expect("before", timeout=2)
+    pty_port.vanish()
+    await asyncio.sleep(AWAY_S)  # the device is away for a while (the stimulus)
+    pty_port.open()
+    # pyserial flushes input when it opens a port, so write once the console has reopened it.
+    await until(lambda: console.reopened == 1, 3, "reopening the console port")
+    pty_port.write_line("Firmware 1.0.1 starting")
+    found = await console.expect(PROFILE.console.firmware_start, timeout=3)
+    assert found["version"] == "1.0.1"
+    assert console.reopened == 1
+    assert any("vanished" in line for line in console.logged)
+
+
+async def test_port_that_stays_away_fails_the_wait(pty_port) -> None:
+    con = SerialConsole(SerialOptions(port=str(pty_port.link), reappear_s=0.3), PROFILE)
+    con.open(timeout=2)
+    try:
+        pty_port.vanish()
+        with pytest.raises(PortGone, match=r"did not come back within 0.3 s"):
+            await con.expect("anything", timeout=5)
+    finally:
+        con.close()
+
+
+def test_missing_port_is_a_clear_error(tmp_path) -> None:
+    con = SerialConsole(SerialOptions(port=str(tmp_path / "ttyACM7")), PROFILE)
+    with pytest.raises(ConsoleError, match=r"ttyACM7.*\[console\]"):
+        con.open(timeout=0.2)
