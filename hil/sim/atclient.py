@@ -1,0 +1,186 @@
+"""The firmware's side of the AT link: send a command, collect its answer, route URCs.
+
+One command is in flight at a time (the module's rule). Lines that belong to no command, and
+the `+CMQTTRX…` blocks that carry raw topic and payload bytes, go to the URC callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hil.sim.uart import BITS_PER_BYTE, UartEnd
+
+
+class AtTimeout(Exception):
+    """The modem did not answer in time (it is off, booting, or hung)."""
+
+
+class AtError(Exception):
+    """The modem answered ERROR; `lines` holds what it said before."""
+
+    def __init__(self, command: str, lines: list[str]) -> None:
+        super().__init__(f"{_name(command)}: {' | '.join(lines) or 'ERROR'}")
+        self.lines = lines
+
+
+def _name(command: str) -> str:
+    """The command without its arguments, for messages (arguments may carry a password)."""
+    return command.split("=", 1)[0]
+
+
+def _future() -> asyncio.Future:  # type: ignore[type-arg]
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass
+class _Pending:
+    command: str
+    wait_for: str | None
+    lines: list[str] = field(default_factory=list)
+    prompt: asyncio.Event = field(default_factory=asyncio.Event)
+    final: asyncio.Future[bool] = field(default_factory=lambda: _future())
+    result: asyncio.Future[str] = field(default_factory=lambda: _future())
+
+
+@dataclass
+class _Rx:
+    topic: bytes = b""
+    payload: bytes = b""
+
+
+class AtClient:
+    """Commands out, answers in; `on_urc(line)` and `on_message(topic, payload)` get the rest."""
+
+    def __init__(
+        self,
+        uart: UartEnd,
+        on_urc: Callable[[str], None],
+        on_message: Callable[[str, bytes], None],
+    ) -> None:
+        self._uart = uart
+        self._on_urc = on_urc
+        self._on_message = on_message
+        self._lock = asyncio.Lock()
+        self._pending: _Pending | None = None
+        self._buffer = bytearray()
+        self._raw: tuple[int, Callable[[bytes], None]] | None = None
+        self._rx: _Rx | None = None
+
+    def wire_time(self, size: int) -> float:
+        return size * BITS_PER_BYTE / self._uart.baud
+
+    async def command(
+        self,
+        line: str,
+        timeout: float,
+        data: bytes | None = None,
+        wait_for: str | None = None,
+        result_timeout: float = 0.0,
+    ) -> list[str]:
+        """Send `line`; answer lines up to OK. With `data`, send it at the `>` prompt.
+
+        With `wait_for` (a result prefix such as "+CMQTTPUB:"), also wait for that line, which
+        the module sends after OK, and return it last.
+        """
+        async with self._lock:
+            pending = _Pending(line, wait_for)
+            self._pending = pending
+            try:
+                self._uart.write(line.encode() + b"\r")
+                budget = timeout + self.wire_time(len(line) + len(data or b"") + 64) * 2
+                if data is not None:
+                    await self._wait(pending.prompt.wait(), budget, line)
+                    self._uart.write(data)
+                ok = await self._wait(pending.final, budget, line)
+                if not ok:
+                    raise AtError(line, pending.lines)
+                if wait_for is None:
+                    return pending.lines
+                result = await self._wait(pending.result, result_timeout or timeout, line)
+                return [*pending.lines, result]
+            finally:
+                self._pending = None
+
+    @staticmethod
+    async def _wait(awaitable, timeout: float, line: str):  # type: ignore[no-untyped-def]
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except TimeoutError:
+            raise AtTimeout(f"no answer to {_name(line)} within {timeout:.1f} s") from None
+
+    async def run(self) -> None:
+        """Read the UART for ever and dispatch what arrives."""
+        while True:
+            self._buffer += await self._uart.read()
+            self._consume()
+
+    def _consume(self) -> None:
+        while self._buffer:
+            if self._raw is not None:
+                size, done = self._raw
+                if len(self._buffer) < size:
+                    return
+                data = bytes(self._buffer[:size])
+                del self._buffer[:size]
+                self._raw = None
+                done(data)
+                continue
+            if self._buffer[0] in (0x0D, 0x0A):
+                del self._buffer[0]
+                continue
+            pending = self._pending
+            if self._buffer[0] == ord(">") and pending is not None and not pending.prompt.is_set():
+                del self._buffer[:1]
+                if self._buffer[:1] == b" ":
+                    del self._buffer[:1]
+                pending.prompt.set()
+                continue
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                return
+            line = self._buffer[:end].decode("utf-8", "replace").rstrip("\r")
+            del self._buffer[: end + 1]
+            self._line(line)
+
+    def _line(self, line: str) -> None:
+        if line.startswith("+CMQTTRX"):
+            self._rx_line(line)
+            return
+        pending = self._pending
+        if line.upper().startswith("AT"):
+            return  # echo of our own command (before ATE0)
+        if pending is None or line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
+            if pending is not None and pending.wait_for and not pending.result.done():
+                pending.result.set_exception(AtError(pending.command, [line]))
+            self._on_urc(line)
+            return
+        if pending.wait_for and line.startswith(pending.wait_for) and pending.final.done():
+            if not pending.result.done():
+                pending.result.set_result(line)
+            return
+        if pending.final.done():
+            self._on_urc(line)
+        elif line == "OK":
+            pending.final.set_result(True)
+        elif line == "ERROR" or line.startswith("+CME ERROR"):
+            pending.lines.append(line)
+            pending.final.set_result(False)
+        else:
+            pending.lines.append(line)
+
+    def _rx_line(self, line: str) -> None:
+        head, _, args = line.partition(": ")
+        numbers = [int(v) for v in args.split(",") if v.strip().isdigit()]
+        if head == "+CMQTTRXSTART":
+            self._rx = _Rx()
+        elif head == "+CMQTTRXTOPIC" and self._rx is not None and len(numbers) == 2:
+            rx = self._rx
+            self._raw = (numbers[1], lambda data: setattr(rx, "topic", data))
+        elif head == "+CMQTTRXPAYLOAD" and self._rx is not None and len(numbers) == 2:
+            rx = self._rx
+            self._raw = (numbers[1], lambda data: setattr(rx, "payload", rx.payload + data))
+        elif head == "+CMQTTRXEND" and self._rx is not None:
+            rx, self._rx = self._rx, None
+            self._on_message(rx.topic.decode("utf-8", "replace"), rx.payload)

@@ -1,0 +1,402 @@
+"""The ESP32 application: the 14-state machine of PROTOCOL.md, talking to the modem by AT only.
+
+One `Firmware` object is one run of the chip between resets (RAM); `run()` returns when the chip
+restarts (OTA, panic, rollback). Flash and the modem outlive it. Faults from SimOptions switch on
+the named bugs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from hil.profile import DeviceProfile
+from hil.protocol.crypto import DecryptError
+from hil.sim.atclient import AtClient, AtError, AtTimeout
+from hil.sim.echo import Echo, is_base64
+from hil.sim.flash import Flash
+from hil.sim.options import SimOptions
+from hil.sim.ota_receiver import OtaReceiver, Step
+from hil.sim.uart import UartEnd
+
+log = logging.getLogger("hil.sim.firmware")
+
+INIT_MODEM = "STATE_INIT_MODEM"
+WAIT_NETWORK = "STATE_WAIT_NETWORK"
+CONNECT_GPRS = "STATE_CONNECT_GPRS"
+UPLOAD_CERTIFICATE = "STATE_UPLOAD_CERTIFICATE"
+SETUP_SSL = "STATE_SETUP_SSL"
+SETUP_MQTT = "STATE_SETUP_MQTT"
+CONNECT_MQTT = "STATE_CONNECT_MQTT"
+SUBSCRIBE_MQTT = "STATE_SUBSCRIBE_MQTT"
+RUNNING = "STATE_RUNNING"
+ERROR = "STATE_ERROR"
+STOPPED = "STATE_STOPPED"  # reached only by an explicit stop, which the reference never sends
+RECOVER_NETWORK = "STATE_RECOVER_NETWORK"
+RECOVER_GPRS = "STATE_RECOVER_GPRS"
+RECOVER_MQTT = "STATE_RECOVER_MQTT"
+
+POWERON_BANNER = "rst:0x1 (POWERON_RESET),boot:0x8 (SPI_FAST_FLASH_BOOT)"
+SW_RESET_BANNER = "rst:0xc (RTC_SW_CPU_RST),boot:0x8 (SPI_FAST_FLASH_BOOT)"
+PANIC = "Guru Meditation Error: Core  0 panic'ed (LoadProhibited). Exception was unhandled."
+BACKTRACE = "Backtrace: 0x42008a1c:0x3fc9b2f0 0x42009b3e:0x3fc9b310 0x4037c2d1:0x3fc9b330"
+
+APN = "internet"
+CA_NAME = "ca.pem"
+NETWORK_POLLS = 15  # registration polls, RETRY_DELAY apart: attaching takes longer than a command
+NETWORK_TIMEOUT_S = 30.0  # for results that cross the network (+CMQTTCONNECT, +CMQTTPUB, ...)
+MIN_AT_TIMEOUT_S = 0.5
+
+
+def dummy_ca_pem() -> bytes:
+    """A PEM-shaped CA file for AT+CCERTDOWN (the twin's broker link is plain TCP)."""
+    body = base64.b64encode(b"".join(hashlib.sha256(bytes([i])).digest() for i in range(24)))
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+
+
+class StepFailed(Exception):
+    """A step's answer was not the one wanted (the modem answered, but not OK)."""
+
+
+class LinkLost(Exception):
+    """The modem stopped answering or the MQTT link dropped while running."""
+
+
+class Restart(Exception):
+    """The chip restarts (esp_restart or a panic)."""
+
+
+_LOST = None  # inbox sentinel: +CMQTTCONNLOST / +CMQTTNONET arrived
+
+
+class Firmware:
+    def __init__(
+        self,
+        *,
+        profile: DeviceProfile,
+        options: SimOptions,
+        uart: UartEnd,
+        flash: Flash,
+        console: Callable[[str], None],
+        broker: tuple[str, int],
+        username: str | None,
+        password: str | None,
+        software_reset: bool,
+    ) -> None:
+        self._profile = profile
+        self._fw = profile.firmware
+        self._faults = set(options.faults)
+        self._flash = flash
+        self._console = console
+        self._broker = broker
+        self._username = username
+        self._password = password
+        self._software_reset = software_reset
+        self._at = AtClient(uart, self._on_urc, self._on_message)
+        self._inbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self._echo = Echo(profile.crypto, self._faults)
+        self._ota = OtaReceiver(profile.ota, self._faults)
+        self._pending_status: list[str] = []
+        self._state = INIT_MODEM
+        self._led = False
+        self._loop = asyncio.get_running_loop()
+        self._started_at = self._loop.time()
+        self._at_timeout = max(MIN_AT_TIMEOUT_S, self._fw.retry_delay_s)
+
+    # -- chip lifecycle -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Boot and run until the chip restarts."""
+        self._say(SW_RESET_BANNER if self._software_reset else POWERON_BANNER)
+        for line in self._flash.boot():
+            self._say(line)
+        self._say(f"Firmware {self._flash.running.version} starting")
+        if self._flash.self_test_fails():
+            self._say("OTA: self-test failed, rolling back")
+            self._flash.rollback()
+            self._say("Rebooting...")
+            return
+        self._flash.confirm()
+        self._lcd("Booting...")
+        reader = self._loop.create_task(self._at.run())
+        try:
+            await self._machine()
+        except Restart:
+            return
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    async def _machine(self) -> None:
+        handlers: dict[str, Callable[[], Awaitable[str]]] = {
+            INIT_MODEM: lambda: self._steps(WAIT_NETWORK, self._init_modem),
+            WAIT_NETWORK: lambda: self._steps(CONNECT_GPRS, self._wait_registered),
+            CONNECT_GPRS: lambda: self._steps(UPLOAD_CERTIFICATE, self._gprs),
+            UPLOAD_CERTIFICATE: lambda: self._steps(SETUP_SSL, self._certificate),
+            SETUP_SSL: lambda: self._steps(SETUP_MQTT, self._ssl),
+            SETUP_MQTT: lambda: self._steps(CONNECT_MQTT, self._mqtt_setup),
+            CONNECT_MQTT: lambda: self._steps(SUBSCRIBE_MQTT, self._mqtt_connect),
+            SUBSCRIBE_MQTT: lambda: self._steps(RUNNING, self._subscribe),
+            RUNNING: self._running,
+            ERROR: self._error,
+            RECOVER_NETWORK: self._recover_network,
+            RECOVER_GPRS: lambda: self._steps(RECOVER_MQTT, self._gprs),
+            RECOVER_MQTT: self._recover_mqtt,
+        }
+        while True:
+            self._goto(await handlers[self._state]())
+
+    def _goto(self, state: str) -> None:
+        if state != self._state:
+            self._say(f"State: {self._state} -> {state}")
+            self._state = state
+
+    def _say(self, line: str) -> None:
+        log.info("console: %s", line)
+        self._console(line)
+
+    def _lcd(self, text: str) -> None:
+        self._say(f"LCD: {text}")
+
+    # -- steps with retries -------------------------------------------------------------------
+
+    async def _steps(self, success: str, *steps: Callable[[], Awaitable[None]]) -> str:
+        """Run `steps` in order, each retried MAX_RETRIES times; STATE_ERROR if one gives up."""
+        for step in steps:
+            if not await self._retry(step):
+                return ERROR
+        return success
+
+    async def _retry(self, step: Callable[[], Awaitable[None]], attempts: int = 0) -> bool:
+        attempts = attempts or self._fw.max_retries
+        for attempt in range(attempts):
+            try:
+                await step()
+                return True
+            except (AtError, AtTimeout, StepFailed) as exc:
+                log.info("%s: %s (attempt %d/%d)", self._state, exc, attempt + 1, attempts)
+            if attempt + 1 < attempts:
+                await asyncio.sleep(self._fw.retry_delay_s)
+        return False
+
+    async def _cmd(
+        self, line: str, data: bytes | None = None, wait_for: str | None = None
+    ) -> list[str]:
+        return await self._at.command(
+            line, self._at_timeout, data=data, wait_for=wait_for, result_timeout=NETWORK_TIMEOUT_S
+        )
+
+    async def _init_modem(self) -> None:
+        await self._cmd("AT")
+        await self._cmd("ATE0")
+        await self._cmd("AT+CMEE=2")
+        if "+CPIN: READY" not in await self._cmd("AT+CPIN?"):
+            raise StepFailed("SIM not ready")
+
+    async def _wait_registered(self) -> None:
+        async def registered() -> None:
+            for command, prefix in (("AT+CREG?", "+CREG: "), ("AT+CEREG?", "+CEREG: ")):
+                for line in await self._cmd(command):
+                    if line.startswith(prefix) and line.split(",")[-1].strip() in ("1", "5"):
+                        return
+            raise StepFailed("not registered yet")
+
+        if not await self._retry(registered, NETWORK_POLLS):
+            raise StepFailed("no network registration")
+        await self._cmd("AT+CSQ")
+
+    async def _gprs(self) -> None:
+        await self._cmd(f'AT+CGDCONT=1,"IP","{APN}"')
+        await self._cmd("AT+CGACT=1,1")
+        try:
+            lines = await self._cmd("AT+NETOPEN", wait_for="+NETOPEN:")
+        except AtError as exc:
+            if not any("already opened" in line for line in exc.lines):
+                raise
+        else:
+            if lines[-1] != "+NETOPEN: 0":
+                raise StepFailed(lines[-1])
+        await self._cmd("AT+CGPADDR=1")
+
+    async def _certificate(self) -> None:
+        if f'+CCERTLIST: "{CA_NAME}"' in await self._cmd("AT+CCERTLIST"):
+            return
+        pem = dummy_ca_pem()
+        await self._cmd(f'AT+CCERTDOWN="{CA_NAME}",{len(pem)}', data=pem)
+
+    async def _ssl(self) -> None:
+        for setting in ('"sslversion",0,4', '"authmode",0,1', f'"cacert",0,"{CA_NAME}"',
+                        '"enableSNI",0,1', '"ignorelocaltime",0,1'):
+            await self._cmd(f"AT+CSSLCFG={setting}")
+
+    async def _mqtt_setup(self) -> None:
+        # Whatever a previous run left in the modem (it survives an ESP32 restart) goes first.
+        for line, result in (("AT+CMQTTDISC=0,120", "+CMQTTDISC:"), ("AT+CMQTTREL=0", None),
+                             ("AT+CMQTTSTOP", "+CMQTTSTOP:")):
+            with contextlib.suppress(AtError):
+                await self._cmd(line, wait_for=result)
+        try:
+            await self._cmd("AT+CMQTTSTART", wait_for="+CMQTTSTART:")
+        except AtError as exc:
+            if "+CMQTTSTART: 23" not in exc.lines:
+                raise
+        millis = int((self._loop.time() - self._started_at) * 1000)
+        client_id = f"{self._profile.mqtt.client_id_prefix}{millis}"
+        await self._cmd(f'AT+CMQTTACCQ=0,"{client_id}",0')
+        if "mqtt_v31" not in self._faults:
+            await self._cmd(f'AT+CMQTTCFG="version",0,{self._profile.mqtt.protocol_level}')
+        await self._cmd("AT+CMQTTSSLCFG=0,0")
+
+    async def _mqtt_connect(self) -> None:
+        self._drop_stale_losses()
+        host, port = self._broker
+        line = f'AT+CMQTTCONNECT=0,"tcp://{host}:{port}",{self._profile.mqtt.keepalive_s},1'
+        if self._username is not None:
+            line += f',"{self._username}","{self._password or ""}"'
+        result = (await self._cmd(line, wait_for="+CMQTTCONNECT:"))[-1]
+        if result != "+CMQTTCONNECT: 0,0":
+            raise StepFailed(result)
+        self._lcd("MQTT Connected")
+
+    async def _subscribe(self) -> None:
+        qos = self._profile.mqtt.qos
+        for topic in (self._profile.mqtt.command_topic, self._profile.mqtt.firmware_topic):
+            raw = topic.encode()
+            await self._cmd(f"AT+CMQTTSUBTOPIC=0,{len(raw)},{qos}", data=raw)
+            result = (await self._cmd("AT+CMQTTSUB=0", wait_for="+CMQTTSUB:"))[-1]
+            if result != "+CMQTTSUB: 0,0":
+                raise StepFailed(result)
+
+    async def _publish(self, payload: str, qos: int | None = None) -> None:
+        topic = self._profile.mqtt.status_topic.encode()
+        data = payload.encode()
+        qos = self._profile.mqtt.qos if qos is None else qos
+        await self._cmd(f"AT+CMQTTTOPIC=0,{len(topic)}", data=topic)
+        await self._cmd(f"AT+CMQTTPAYLOAD=0,{len(data)}", data=data)
+        result = (await self._cmd(f"AT+CMQTTPUB=0,{qos},60", wait_for="+CMQTTPUB:"))[-1]
+        if result != "+CMQTTPUB: 0,0":
+            raise AtError("AT+CMQTTPUB", [result])
+
+    # -- recovery -----------------------------------------------------------------------------
+
+    async def _error(self) -> str:
+        await asyncio.sleep(self._fw.retry_delay_s)
+        return RECOVER_NETWORK
+
+    async def _recover_network(self) -> str:
+        self._say("Modem: PWRKEY pulse")
+        if "no_recovery" in self._faults:
+            await asyncio.Event().wait()  # the bug: waits for a modem event that never comes
+        return await self._steps(RECOVER_GPRS, self._init_modem, self._wait_registered)
+
+    async def _recover_mqtt(self) -> str:
+        after = RUNNING if "no_resubscribe" in self._faults else SUBSCRIBE_MQTT
+        return await self._steps(
+            after, self._certificate, self._ssl, self._mqtt_setup, self._mqtt_connect
+        )
+
+    # -- running ------------------------------------------------------------------------------
+
+    def _on_urc(self, line: str) -> None:
+        if line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
+            log.info("modem: %s", line)
+            self._inbox.put_nowait(_LOST)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        self._inbox.put_nowait((topic, payload))
+
+    def _drop_stale_losses(self) -> None:
+        """Forget link-loss reports about a connection that is being replaced."""
+        kept = []
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is not _LOST:
+                kept.append(item)
+        for item in kept:
+            self._inbox.put_nowait(item)
+
+    async def _running(self) -> str:
+        try:
+            await self._publish(f"STATUS:ONLINE:{self._flash.running.version}")
+            while self._pending_status:
+                await self._publish(self._pending_status.pop(0))
+            self._lcd("Online")
+            await self._serve()
+        except (LinkLost, AtError, AtTimeout) as exc:
+            log.info("link lost: %s", exc)
+        self._say("Network lost")
+        if self._ota.active:
+            step = self._ota.abort("network")
+            self._pending_status += step.replies
+            for line in step.console:
+                self._say(line)
+        return RECOVER_NETWORK
+
+    async def _serve(self) -> None:
+        """Answer messages, check the modem, beat the heart, until the link is lost."""
+        next_check = self._loop.time() + self._fw.retry_delay_s
+        next_beat = self._loop.time() + self._fw.heartbeat_s
+        while True:
+            deadlines = [next_check, next_beat]
+            ota_deadline = self._ota.deadline()
+            if ota_deadline is not None:
+                deadlines.append(ota_deadline)
+            timeout = max(0.0, min(deadlines) - self._loop.time())
+            try:
+                item = await asyncio.wait_for(self._inbox.get(), timeout)
+            except TimeoutError:
+                item = ()
+            if item is _LOST:
+                raise LinkLost("+CMQTTCONNLOST")
+            if item:
+                topic, payload = item
+                await self._dispatch(topic, payload)
+            now = self._loop.time()
+            if ota_deadline is not None and now >= ota_deadline and self._ota.active:
+                await self._ota_step(self._ota.abort("timeout"))
+            if now >= next_check:
+                await self._cmd("AT")
+                next_check = self._loop.time() + self._fw.retry_delay_s
+            if now >= next_beat:
+                await self._publish(f"STATUS:HEARTBEAT:{int(now - self._started_at)}")
+                next_beat = now + self._fw.heartbeat_s
+
+    async def _dispatch(self, topic: str, payload: bytes) -> None:
+        if topic == self._profile.mqtt.command_topic:
+            await self._on_command(payload)
+        elif topic == self._profile.mqtt.firmware_topic:
+            await self._ota_step(self._ota.handle(payload, self._loop.time()))
+
+    async def _on_command(self, payload: bytes) -> None:
+        if "crash_on_bad_base64" in self._faults and not is_base64(payload.strip()):
+            self._say(PANIC)
+            self._say(BACKTRACE)
+            self._say("Rebooting...")
+            raise Restart
+        try:
+            answer = self._echo.answer(payload.strip())
+        except DecryptError as exc:
+            log.info("echo refused: %s", exc)
+            self._say("Decrypt failed")
+            return
+        for reply in answer.replies:
+            await self._publish(reply)
+        self._lcd(self._echo.lcd_text(answer.plaintext))
+        self._led = not self._led
+        self._say(f"LED: {'ON' if self._led else 'OFF'}")
+
+    async def _ota_step(self, step: Step) -> None:
+        for line in step.console:
+            self._say(line)
+        for reply in step.replies:
+            await self._publish(reply)
+        if step.image is not None:
+            self._flash.stage(step.image)
+            self._say("Rebooting...")
+            raise Restart
+

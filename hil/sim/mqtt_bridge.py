@@ -1,0 +1,136 @@
+"""One MQTT connection the emulated modem holds to the real broker, over aiomqtt.
+
+The modem's socket is what the broker sees: the protocol level the firmware configured, the
+client id it acquired, its keepalive and clean-session flag. A modem that loses power takes no
+leave of the broker, so `abort` drops the TCP connection without an MQTT DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiomqtt
+
+CONNECT_TIMEOUT_S = 10.0
+
+# CONNACK refusal codes (MQTT 3.1/3.1.1) to the modem's +CMQTTCONNECT error codes.
+_REFUSED = {1: 27, 2: 28, 3: 29, 4: 30, 5: 31}
+SOCK_CONNECT_FAIL = 3
+
+
+@dataclass(frozen=True)
+class ConnectParams:
+    host: str
+    port: int
+    client_id: str
+    version: int  # 3 = MQTT 3.1, 4 = MQTT 3.1.1 (AT+CMQTTCFG="version")
+    keepalive: int
+    clean: bool
+    username: str | None = None
+    password: str | None = None
+
+
+class BrokerSession:
+    """A connected client; `on_message(topic, payload)` and `on_lost()` report the broker's side."""
+
+    def __init__(
+        self,
+        params: ConnectParams,
+        on_message: Callable[[str, bytes], None],
+        on_lost: Callable[[], None],
+    ) -> None:
+        protocol = aiomqtt.ProtocolVersion.V31
+        if params.version == 4:
+            protocol = aiomqtt.ProtocolVersion.V311
+        self._client = aiomqtt.Client(
+            params.host,
+            params.port,
+            identifier=params.client_id,
+            protocol=protocol,
+            clean_session=params.clean,
+            keepalive=params.keepalive,
+            username=params.username,
+            password=params.password,
+            timeout=CONNECT_TIMEOUT_S,
+        )
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._reader: asyncio.Task[None] | None = None
+        self._closing = False
+
+    async def connect(self) -> int:
+        """Connect; 0 or the modem's error code for the failure."""
+        try:
+            await self._client.__aenter__()
+        except aiomqtt.MqttCodeError as exc:
+            code = exc.rc if isinstance(exc.rc, int) else getattr(exc.rc, "value", 1)
+            return _REFUSED.get(code, SOCK_CONNECT_FAIL)
+        except (aiomqtt.MqttError, OSError):
+            return SOCK_CONNECT_FAIL
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        return 0
+
+    async def _read(self) -> None:
+        try:
+            async for message in self._client.messages:
+                payload = message.payload
+                data = payload if isinstance(payload, bytes) else str(payload).encode()
+                self._on_message(message.topic.value, data)
+        except aiomqtt.MqttError:
+            if not self._closing:
+                self._on_lost()
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
+        try:
+            await self._client.publish(topic, payload, qos=qos, retain=retain)
+        except aiomqtt.MqttError:
+            return 11
+        return 0
+
+    async def subscribe(self, topics: list[tuple[str, int]]) -> int:
+        try:
+            await self._client.subscribe(topics)
+        except aiomqtt.MqttError:
+            return 11
+        return 0
+
+    async def unsubscribe(self, topics: list[str]) -> int:
+        try:
+            await self._client.unsubscribe(topics)
+        except aiomqtt.MqttError:
+            return 11
+        return 0
+
+    async def disconnect(self) -> None:
+        """A clean MQTT DISCONNECT, as AT+CMQTTDISC sends."""
+        self._closing = True
+        await self._stop_reader()
+        with contextlib.suppress(aiomqtt.MqttError, OSError):
+            await self._client.__aexit__(None, None, None)
+
+    async def abort(self) -> None:
+        """Drop the TCP connection with no DISCONNECT, as a modem losing power does."""
+        self._closing = True
+        await self._stop_reader()
+        # aiomqtt offers no abort; shut the socket under paho so the broker sees the link die.
+        sock = self._client._client.socket()
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._client._disconnected), 2.0)
+        with contextlib.suppress(aiomqtt.MqttError, OSError):
+            await self._client.__aexit__(None, None, None)
+
+    async def _stop_reader(self) -> None:
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._reader = None
+

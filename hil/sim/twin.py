@@ -1,0 +1,106 @@
+"""The virtual rig assembled: ESP32 firmware model, UART, SIM7600, link, console and relay ptys."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from hil.profile import DeviceProfile
+from hil.sim.firmware import Firmware
+from hil.sim.flash import Flash
+from hil.sim.link import Link
+from hil.sim.modem import Sim7600
+from hil.sim.options import SimOptions
+from hil.sim.ports import ConsolePort, RelayPort
+from hil.sim.uart import uart_pair
+
+log = logging.getLogger("hil.sim")
+
+REENUMERATE_S = 2.0  # USB gone-and-back on an ESP32-S3 reset, before time scaling
+MIN_REENUMERATE_S = 0.05
+UART_BAUD = 115200
+
+
+class Twin:
+    """Runs until cancelled; `start()` publishes the ports, `run()` drives the chip."""
+
+    def __init__(
+        self,
+        directory: Path,
+        broker: tuple[str, int],
+        profile: DeviceProfile,
+        options: SimOptions,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self._profile = profile
+        self._options = options
+        self._broker = broker
+        self._username = username
+        self._password = password
+        self._esp_uart, modem_uart = uart_pair(UART_BAUD)
+        link = Link(options.rtt_ms, options.loss, options.seed)
+        self.modem = Sim7600(modem_uart, link, options.time_scale)
+        self.flash = Flash(options.firmware_version)
+        self.console = ConsolePort(directory / "console")
+        self.relay = RelayPort(directory / "relay", options.relay_channel, self._relay_switched)
+        self._power_changes: asyncio.Queue[bool] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _relay_switched(self, energized: bool) -> None:
+        # Normally closed: an energized coil opens the contact and cuts the modem's supply.
+        log.info("relay coil %s", "energized (modem off)" if energized else "released (modem on)")
+        self._power_changes.put_nowait(not energized)
+
+    async def start(self) -> None:
+        self.console.open()
+        self.relay.open()
+        await self.modem.set_power(True)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self.modem.run()),
+            loop.create_task(self._power()),
+            loop.create_task(self._chip()),
+        ]
+
+    async def wait(self) -> None:
+        """Until a part of the twin fails (its exception propagates) or the twin is cancelled."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+
+    async def _power(self) -> None:
+        while True:
+            await self.modem.set_power(await self._power_changes.get())
+
+    async def _chip(self) -> None:
+        software_reset = False
+        gap = max(MIN_REENUMERATE_S, REENUMERATE_S * self._options.time_scale)
+        while True:
+            firmware = Firmware(
+                profile=self._profile,
+                options=self._options,
+                uart=self._esp_uart,
+                flash=self.flash,
+                console=self.console.line,
+                broker=self._broker,
+                username=self._username,
+                password=self._password,
+                software_reset=software_reset,
+            )
+            await firmware.run()
+            software_reset = True
+            await self.console.reenumerate(gap)
+
+    async def close(self) -> None:
+        """Stop everything and give the ports back; safe to call more than once."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):
+            await self.modem.close()
+        self.console.close()
+        self.relay.close()
