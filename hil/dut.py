@@ -16,6 +16,8 @@ from hil.measurements import Measurements
 from hil.mqtt import MqttRecord, MqttRecorder
 from hil.power import PowerDriver
 from hil.profile import DeviceProfile
+from hil.ota.faults import FaultPlan
+from hil.ota.sender import OtaResult, OtaSender
 from hil.protocol import ota as ota_messages
 
 
@@ -125,6 +127,42 @@ class Dut:
             r for r in self.mqtt.received(self.topics.status_topic, since=index)
             if not self.is_status(r)
         ]
+
+    # -- OTA ---------------------------------------------------------------------------
+    async def ota(
+        self,
+        image: bytes,
+        *,
+        faults: FaultPlan | None = None,
+        window: int | None = None,
+        on_progress=None,
+    ) -> OtaResult:
+        """Push `image` over MQTT; raises OtaRefused with the device's reason if it says no.
+
+        On success the device reboots into the image: wrap the call and the wait for
+        `STATUS:ONLINE` in `console.reboot_expected()`.
+        """
+        replies: asyncio.Queue[ota_messages.OtaReply] = asyncio.Queue()
+
+        async def publish(payload: str) -> None:
+            await self.mqtt.publish(self.topics.firmware_topic, payload, self.topics.qos)
+
+        async def pump(raw: asyncio.Queue[MqttRecord]) -> None:
+            while True:
+                reply = ota_messages.parse_reply((await raw.get()).text)
+                if reply is not None:
+                    replies.put_nowait(reply)
+
+        options = {"faults": faults, "on_progress": on_progress}
+        if window is not None:
+            options["window"] = window
+        sender = OtaSender.for_profile(self.profile, publish, replies, **options)
+        async with self.mqtt.tap(self.topics.status_topic) as raw:
+            task = asyncio.create_task(pump(raw))
+            try:
+                return await sender.push(image)
+            finally:
+                task.cancel()
 
     # -- power -------------------------------------------------------------------------
     def _power(self) -> PowerDriver:
