@@ -11,7 +11,9 @@ import contextlib
 import logging
 import os
 import pty
+import select
 import tty
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,27 +23,37 @@ log = logging.getLogger("hil.sim.ports")
 
 
 class Pty:
-    """A raw pty pair with its slave path published as `link`."""
+    """A raw pty pair with its slave path published as `link`.
 
-    def __init__(self, link: Path) -> None:
+    With `hold_slave` the twin keeps the slave open itself (the relay: input never hangs up);
+    without it, the master reports POLLHUP until a reader opens the port (the console).
+    """
+
+    def __init__(self, link: Path, hold_slave: bool) -> None:
         self.link = link
-        self._master = -1
+        self._hold_slave = hold_slave
+        self.master = -1
         self._slave = -1
 
-    def open(self, on_input: Callable[[bytes], None]) -> None:
-        self._master, self._slave = pty.openpty()
-        tty.setraw(self._slave)  # no echo, no CR/LF translation: bytes pass as on a UART
-        os.set_blocking(self._master, False)
-        path = os.ttyname(self._slave)
+    def open(self, on_input: Callable[[bytes], None] | None = None) -> None:
+        self.master, slave = pty.openpty()
+        tty.setraw(slave)  # no echo, no CR/LF translation: bytes pass as on a UART
+        os.set_blocking(self.master, False)
+        path = os.ttyname(slave)
+        if self._hold_slave:
+            self._slave = slave
+        else:
+            os.close(slave)
         with contextlib.suppress(FileNotFoundError):
             self.link.unlink()
         self.link.symlink_to(path)
-        asyncio.get_running_loop().add_reader(self._master, self._read, on_input)
+        if on_input is not None:
+            asyncio.get_running_loop().add_reader(self.master, self._read, on_input)
         log.info("%s -> %s", self.link, path)
 
     def _read(self, on_input: Callable[[bytes], None]) -> None:
         try:
-            data = os.read(self._master, 4096)
+            data = os.read(self.master, 4096)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -49,45 +61,82 @@ class Pty:
         if data:
             on_input(data)
 
+    def reader_attached(self) -> bool:
+        """Whether someone has the slave open (the master stops reporting a hang-up)."""
+        poller = select.poll()
+        poller.register(self.master, select.POLLHUP)
+        return not any(event & select.POLLHUP for _, event in poller.poll(0))
+
     def write(self, data: bytes) -> None:
         """Write without ever blocking: what nobody reads is dropped, as a full USB FIFO does."""
-        if self._master < 0:
+        if self.master < 0:
             return
         with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._master, data)
+            os.write(self.master, data)
 
     def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.link.unlink()
-        if self._master >= 0:
-            asyncio.get_running_loop().remove_reader(self._master)
-            os.close(self._master)
+        if self.master >= 0:
+            asyncio.get_running_loop().remove_reader(self.master)
+            os.close(self.master)
         if self._slave >= 0:
             os.close(self._slave)
-        self._master = self._slave = -1
+        self.master = self._slave = -1
 
 
 class ConsolePort:
-    """The ESP32-S3's USB serial console: lines out, gone during a restart."""
+    """The ESP32-S3's USB serial console: lines out, gone during a restart.
+
+    Lines printed after the port (re)appears and before the host opens it are held (up to
+    BACKLOG) and sent once the host has opened it, as the USB CDC FIFO holds early boot output.
+    Opening with pyserial flushes input, so the backlog waits SETTLE_S after the open.
+    """
+
+    BACKLOG = 1000
+    POLL_S = 0.02
+    SETTLE_S = 0.05
 
     def __init__(self, link: Path) -> None:
-        self._pty = Pty(link)
-        self._open = False
+        self._pty = Pty(link, hold_slave=False)
+        self._backlog: deque[bytes] | None = None
+        self._attached = False
+        self._watcher: asyncio.Task[None] | None = None
 
     @property
     def link(self) -> Path:
         return self._pty.link
 
     def open(self) -> None:
-        self._pty.open(lambda _data: None)  # input is read and ignored so writers never block
-        self._open = True
+        self._pty.open()
+        self._backlog = deque(maxlen=self.BACKLOG)
+        self._attached = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while True:
+            attached = self._pty.reader_attached()
+            if attached and not self._attached:
+                await asyncio.sleep(self.SETTLE_S)
+                backlog, self._backlog = self._backlog or (), None
+                for data in backlog:
+                    self._pty.write(data)
+            self._attached = attached
+            await asyncio.sleep(self.POLL_S)
 
     def line(self, text: str) -> None:
-        if self._open:
-            self._pty.write(text.encode("utf-8", "replace") + b"\r\n")
+        data = text.encode("utf-8", "replace") + b"\r\n"
+        if self._attached:
+            self._pty.write(data)
+        elif self._backlog is not None:
+            self._backlog.append(data)
 
     def close(self) -> None:
-        self._open = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
+        self._attached = False
+        self._backlog = None
         self._pty.close()
 
     async def reenumerate(self, gap_s: float) -> None:
@@ -101,7 +150,7 @@ class RelayPort:
     """An LCUS relay board on a pty: `on_switch(energized)` for each valid frame on `channel`."""
 
     def __init__(self, link: Path, channel: int, on_switch: Callable[[bool], None]) -> None:
-        self._pty = Pty(link)
+        self._pty = Pty(link, hold_slave=True)
         self._channel = channel
         self._on_switch = on_switch
         self._buffer = bytearray()
