@@ -23,7 +23,8 @@ _CONNECTED = re.compile(
     r"New client connected from (?P<peer>\S+) as (?P<client>\S+) "
     r"\(p(?P<level>\d+), c(?P<clean>\d), k(?P<keepalive>\d+)(?:, u'(?P<user>[^']*)')?\)"
 )
-LEVELS = {1: "3.1", 2: "3.1.1", 5: "5.0"}
+# Mosquitto's log numbers protocols p1, p2, p5; the MQTT protocol level on the wire is 3, 4, 5.
+PROTOCOLS = {1: (3, "3.1"), 2: (4, "3.1.1"), 5: (5, "5.0")}
 
 
 @dataclass(frozen=True)
@@ -128,12 +129,12 @@ class MosquittoBroker(BrokerDriver):
             return []
         found = []
         for m in _CONNECTED.finditer(self.log_path.read_text(errors="replace")):
-            level = int(m["level"])
+            level, name = PROTOCOLS.get(int(m["level"]), (0, f"p{m['level']}"))
             found.append(
                 {
                     "client_id": m["client"],
                     "protocol_level": level,
-                    "protocol": LEVELS.get(level, f"level {level}"),
+                    "protocol": name,
                     "clean_session": m["clean"] == "1",
                     "keepalive": int(m["keepalive"]),
                     "username": m["user"],
