@@ -67,6 +67,7 @@ class AtClient:
         self._buffer = bytearray()
         self._raw: tuple[int, Callable[[bytes], None]] | None = None
         self._rx: _Rx | None = None
+        self._last_rx = 0.0
 
     def wire_time(self, size: int) -> float:
         return size * BITS_PER_BYTE / self._uart.baud
@@ -103,17 +104,31 @@ class AtClient:
             finally:
                 self._pending = None
 
-    @staticmethod
-    async def _wait(awaitable, timeout: float, line: str):  # type: ignore[no-untyped-def]
+    async def _wait(self, future, timeout: float, line: str):  # type: ignore[no-untyped-def]
+        """Wait for `future` while the modem keeps talking; time out after `timeout` of silence.
+
+        URCs (incoming messages) share the wire with answers, so a busy line is a live modem.
+        """
+        loop = asyncio.get_running_loop()
+        future = asyncio.ensure_future(future)
+        start = loop.time()
         try:
-            return await asyncio.wait_for(awaitable, timeout)
-        except TimeoutError:
-            raise AtTimeout(f"no answer to {_name(line)} within {timeout:.1f} s") from None
+            while True:
+                left = max(start, self._last_rx) + timeout - loop.time()
+                if left <= 0:
+                    raise AtTimeout(f"no answer to {_name(line)} within {timeout:.1f} s")
+                done, _ = await asyncio.wait({future}, timeout=left)
+                if done:
+                    return future.result()
+        finally:
+            if not future.done():
+                future.cancel()
 
     async def run(self) -> None:
         """Read the UART for ever and dispatch what arrives."""
         while True:
             self._buffer += await self._uart.read()
+            self._last_rx = asyncio.get_running_loop().time()
             self._consume()
 
     def _consume(self) -> None:

@@ -96,6 +96,7 @@ class ConsolePort:
     BACKLOG = 1000
     POLL_S = 0.02
     SETTLE_S = 0.05
+    DRAIN_S = 0.1
 
     def __init__(self, link: Path) -> None:
         self._pty = Pty(link, hold_slave=False)
@@ -141,6 +142,7 @@ class ConsolePort:
 
     async def reenumerate(self, gap_s: float) -> None:
         """The port vanishes on reset and a new one appears after `gap_s`."""
+        await asyncio.sleep(self.DRAIN_S)  # esp_restart() flushes the console first
         self.close()
         await asyncio.sleep(gap_s)
         self.open()

@@ -92,7 +92,8 @@ class StatusWatch:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._proc = subprocess.Popen(
-            ["stdbuf", "-oL", "mosquitto_sub", "-d", "-h", host, "-p", str(port), "-t", topic, "-q", "1"],
+            ["stdbuf", "-oL", "mosquitto_sub", "-d", "-h", host, "-p", str(port), "-t", topic,
+             "-q", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -156,12 +157,15 @@ def openssl_encrypt(plaintext: str, key: bytes, iv: bytes) -> str:
         ["openssl", "enc", "-aes-256-cbc", "-K", key.hex(), "-iv", iv.hex()],
         input=plaintext.encode(), capture_output=True, check=True,
     ).stdout
-    return subprocess.run(["base64", "-w0"], input=enc, capture_output=True, check=True).stdout.decode()
+    b64 = subprocess.run(["base64", "-w0"], input=enc, capture_output=True, check=True)
+    return b64.stdout.decode()
 
 
 def openssl_decrypt(b64: str, key: bytes, iv: bytes) -> bytes | None:
     """The plaintext, or None when openssl refuses it (bad padding)."""
-    raw = subprocess.run(["base64", "-d"], input=b64.encode(), capture_output=True, check=True).stdout
+    raw = subprocess.run(
+        ["base64", "-d"], input=b64.encode(), capture_output=True, check=True
+    ).stdout
     proc = subprocess.run(
         ["openssl", "enc", "-d", "-aes-256-cbc", "-K", key.hex(), "-iv", iv.hex()],
         input=raw, capture_output=True,

@@ -18,7 +18,7 @@ def test_echo_round_trip_checked_with_openssl(start_twin, mosquitto):
     rig.console.expect(r"^LCD: MQTT Msg: Test Message$", rig.timeout)
     rig.console.expect(r"^LED: ON$", rig.timeout)
     log = mosquitto.log_path.read_text()
-    assert re.search(r"as ESP32_SIM7600_\d+ \(p2, c1, k60", log), "device did not connect with 3.1.1"
+    assert re.search(r"as ESP32_SIM7600_\d+ \(p2, c1, k60", log), "device did not use 3.1.1"
 
 
 def test_bad_base64_is_refused_and_echo_still_works(start_twin):

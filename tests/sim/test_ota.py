@@ -1,0 +1,61 @@
+"""OTA over MQTT into the twin with real-format images."""
+
+from __future__ import annotations
+
+from hil.protocol import ota
+from hil.protocol.image import build_image
+
+IMAGE_SIZE = 6000
+
+
+def test_valid_image_reboots_into_new_version(start_twin):
+    rig = start_twin()
+    image = build_image("2.0.0", size=IMAGE_SIZE)
+    cmark = rig.console.mark()
+    mark = rig.ota_push(image)
+    rig.firmware(ota.END)
+    total = ota.chunk_count(len(image))
+    rig.status.expect(rf"OTA:PROGRESS:{total - 1}/{total}", rig.timeout, mark)
+    rig.status.expect(ota.SUCCESS, rig.timeout, mark)
+    index, _ = rig.console.expect(r"^OTA Complete$", rig.timeout, cmark)
+    index, _ = rig.console.expect(r"^Rebooting\.\.\.$", rig.timeout, index)
+    rig.console.expect(r"^rst:0xc \(RTC_SW_CPU_RST\)", rig.timeout, index)
+    rig.console.expect(r"^Firmware 2\.0\.0 starting$", rig.timeout, index)
+    rig.wait_online("2.0.0", mark)
+    assert len(rig.console.ports_seen) >= 2, "console port was not re-created on reboot"
+
+
+def test_gap_is_refused_with_request(start_twin):
+    rig = start_twin()
+    image = build_image("2.0.0", size=IMAGE_SIZE)
+    mark = rig.ota_push(image, chunks=[0, 2])
+    rig.status.expect(r"OTA:REQUEST:1", rig.timeout, mark)
+
+
+def test_bad_image_fails_verify_and_old_firmware_keeps_running(start_twin):
+    rig = start_twin()
+    image = bytearray(build_image("2.0.0", size=IMAGE_SIZE))
+    image[100] ^= 0xFF
+    mark = rig.ota_push(bytes(image))
+    rig.firmware(ota.END)
+    rig.status.expect(r"OTA:ERROR:verify", rig.timeout, mark)
+    rig.console.expect(r"^OTA failed: verify$", rig.timeout)
+
+
+def test_selftest_failure_rolls_back(start_twin):
+    rig = start_twin()
+    image = build_image("3.0.0", size=IMAGE_SIZE, project="hil-selftest-fail")
+    mark = rig.ota_push(image)
+    rig.firmware(ota.END)
+    rig.status.expect(ota.SUCCESS, rig.timeout, mark)
+    index, _ = rig.console.expect(r"^Firmware 3\.0\.0 starting$", rig.timeout)
+    rig.console.expect(r"self-test failed, rolling back", rig.timeout, index)
+    rig.console.expect(r"^Firmware 1\.0\.0 starting$", rig.timeout, index)
+    rig.wait_online("1.0.0", mark)
+
+
+def test_chunk_timeout(start_twin):
+    rig = start_twin()
+    image = build_image("2.0.0", size=IMAGE_SIZE)
+    mark = rig.ota_push(image, chunks=[0])
+    rig.status.expect(r"OTA:ERROR:timeout", rig.timeout, mark)
