@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import re
 import ssl
 import time
@@ -74,6 +75,51 @@ def tls_context(endpoint: BrokerEndpoint) -> ssl.SSLContext | None:
     return context
 
 
+class _ConnectErrors(logging.Handler):
+    """paho's socket errors while connecting.
+
+    aiomqtt ignores a connection the broker drops before CONNACK and waits out its timeout; a
+    broker that wants a client certificate drops it just so, with only this log line to say why.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+        self.seen = asyncio.Event()
+        self._loop = loop
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+        self._loop.call_soon_threadsafe(self.seen.set)
+
+
+_REFUSED_CREDENTIALS = (4, 5, 134, 135)  # CONNACK: bad user name or password, not authorized
+
+
+def _connect_failure(endpoint: BrokerEndpoint, error: str, rc: object, socket_errors: str) -> str:
+    """What went wrong connecting and what to change, in the rig's terms."""
+    tls = endpoint.tls
+    if "CERTIFICATE_VERIFY_FAILED" in error:
+        if "mismatch" in error:
+            return (f"server certificate does not match host {endpoint.host} ({error}); use a "
+                    "[broker] host the certificate names")
+        ca = tls.ca if tls and tls.ca else "the system CAs"
+        return (f"server certificate not trusted by ca {ca} ({error}); set [broker] ca to the "
+                "CA that signed the broker's certificate")
+    if "CERTIFICATE_REQUIRED" in socket_errors:
+        return "broker requires a client certificate: set cert and key in [broker]"
+    if tls and tls.cert and "ALERT" in socket_errors:
+        return (f"broker refused the client certificate {tls.cert} ({socket_errors}); set cert "
+                "and key in [broker] to a pair signed by the broker's CA")
+    code = getattr(rc, "value", rc)
+    if code in _REFUSED_CREDENTIALS:
+        source = f"from ${endpoint.password_env}" if endpoint.password_env else "no password_env"
+        return (f"bad username or password ({source}); check [broker] username and the "
+                "password variable")
+    detail = "; ".join(filter(None, (error, socket_errors)))
+    return f"{detail}; check [broker] host, port, TLS files, username and the password variable"
+
+
 def _matches(record: MqttRecord, match: Match) -> bool:
     if match is None:
         return True
@@ -102,6 +148,10 @@ class MqttRecorder:
         self._taps: dict[str, list[asyncio.Queue[MqttRecord]]] = {}
 
     async def __aenter__(self) -> MqttRecorder:
+        errors = _ConnectErrors(asyncio.get_running_loop())
+        paho_log = logging.getLogger(f"hil.mqtt.{self.client_id}")
+        paho_log.addHandler(errors)
+        paho_log.propagate = False
         self._client = aiomqtt.Client(
             self.endpoint.host,
             self.endpoint.port,
@@ -111,15 +161,31 @@ class MqttRecorder:
             protocol=aiomqtt.ProtocolVersion.V311,
             tls_context=tls_context(self.endpoint),
             timeout=10,
+            logger=paho_log,
         )
+        connect = asyncio.ensure_future(self._client.__aenter__())
+        dropped = asyncio.ensure_future(errors.seen.wait())
         try:
-            await self._client.__aenter__()
-        except aiomqtt.MqttError as exc:
+            await asyncio.wait({connect, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            if not connect.done():
+                connect.cancel()
+            error, rc = "", None
+            try:
+                await connect
+            except asyncio.CancelledError:
+                error = "the broker closed the connection"
+            except aiomqtt.MqttError as exc:
+                error, rc = str(exc), getattr(exc, "rc", None)
+        finally:
+            dropped.cancel()
+            paho_log.removeHandler(errors)
+            paho_log.propagate = True
+        if error:
             self._client = None
+            reason = _connect_failure(self.endpoint, error, rc, "; ".join(errors.messages))
             raise BrokerError(
-                f"cannot connect to broker {self.endpoint} as {self.client_id}: {exc}; "
-                "check [broker] host, port, TLS files, username and the password variable"
-            ) from None
+                f"cannot connect to broker {self.endpoint} as {self.client_id}: {reason}"
+            )
         for topic in self.topics:
             await self._client.subscribe(topic, qos=1)
         self._reader = asyncio.create_task(self._read(), name="hil-mqtt-reader")
@@ -189,7 +255,8 @@ class MqttRecorder:
         async with self._changed:
             while True:
                 for record in self.records[start:]:
-                    if record.direction == "in" and record.topic == topic and _matches(record, match):
+                    incoming = record.direction == "in" and record.topic == topic
+                    if incoming and _matches(record, match):
                         self.cursor = record.index + 1
                         return record
                 start = len(self.records)

@@ -28,13 +28,17 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class BrokerEndpoint:
-    """How a client reaches the broker. The password is kept out of repr and logs."""
+    """How a client reaches the broker. The password is kept out of repr and logs.
+
+    `password_env` names where the password came from, so errors can point there.
+    """
 
     host: str
     port: int
     tls: TlsFiles | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
+    password_env: str | None = None
 
     def __str__(self) -> str:
         scheme = "mqtts" if self.tls else "mqtt"

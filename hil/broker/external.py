@@ -54,4 +54,4 @@ class ExternalBroker(BrokerDriver):
                 key=Path(o.key) if o.key else None,
                 insecure=o.insecure,
             )
-        return BrokerEndpoint(o.host, o.port, tls, o.username, password)
+        return BrokerEndpoint(o.host, o.port, tls, o.username, password, o.password_env)

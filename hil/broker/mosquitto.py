@@ -2,6 +2,11 @@
 
 Mosquitto logs every connection with its protocol level (`p1` MQTT 3.1, `p2` 3.1.1, `p5` 5.0),
 which is how the suites check that the device negotiated 3.1.1.
+
+With `tls = true` it listens with TLS like a lab broker: on the rig's `cafile`/`certfile`/
+`keyfile`, or on a CA and certificates made for the session (kept in a private temporary
+folder, not the artifacts, and deleted at stop). `require_certificate = true` makes it ask
+clients for a certificate signed by that CA (mutual TLS, AWS IoT style).
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, free_port
+from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, TlsFiles, free_port
 from hil.broker.auth import password_from_env
+from hil.broker.tls import BrokerPki
+from hil.lifetime import die_with_parent
 
 _CONNECTED = re.compile(
     r"New client connected from (?P<peer>\S+) as (?P<client>\S+) "
@@ -25,6 +33,7 @@ _CONNECTED = re.compile(
 )
 # Mosquitto's log numbers protocols p1, p2, p5; the MQTT protocol level on the wire is 3, 4, 5.
 PROTOCOLS = {1: (3, "3.1"), 2: (4, "3.1.1"), 5: (5, "5.0")}
+FILE = {"file": True}
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,29 @@ class MosquittoOptions:
     password_env: str | None = None
     executable: str = "mosquitto"
     start_timeout_s: float = 10.0
+    tls: bool = False
+    # The broker's side; all three, or none for a CA and certificates made for the session.
+    cafile: str | None = field(default=None, metadata=FILE)
+    certfile: str | None = field(default=None, metadata=FILE)
+    keyfile: str | None = field(default=None, metadata=FILE)
+    require_certificate: bool = False
+    # The harness's client pair, signed by `cafile`'s CA (needed with require_certificate).
+    cert: str | None = field(default=None, metadata=FILE)
+    key: str | None = field(default=None, metadata=FILE)
+
+    def __post_init__(self) -> None:
+        server = (self.cafile, self.certfile, self.keyfile)
+        if any(server) and not all(server):
+            raise ValueError("cafile, certfile and keyfile go together (or none: made per session)")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together (mutual TLS needs both)")
+        if not self.tls and (any(server) or self.cert or self.require_certificate):
+            raise ValueError("certificate keys need tls = true")
+        if self.require_certificate and self.cafile and not self.cert:
+            raise ValueError(
+                "require_certificate with your own cafile needs cert and key: the harness's "
+                "client certificate signed by that CA"
+            )
 
 
 class MosquittoBroker(BrokerDriver):
@@ -46,11 +78,33 @@ class MosquittoBroker(BrokerDriver):
     def __init__(self, options: MosquittoOptions, workdir: Path) -> None:
         super().__init__(options, workdir)
         self._process: subprocess.Popen[bytes] | None = None
+        self._pki_dir: tempfile.TemporaryDirectory[str] | None = None
         self.log_path = workdir / "mosquitto.log"
 
-    def _config(self, port: int, password: str | None) -> str:
+    def _tls(self) -> tuple[list[str], TlsFiles | None]:
+        """The listener's TLS lines and the files a client uses, made here when the rig has none."""
+        o = self.options
+        if not o.tls:
+            return [], None
+        if o.cafile and o.certfile and o.keyfile:
+            ca, cert, key = Path(o.cafile), Path(o.certfile), Path(o.keyfile)
+            client = (Path(o.cert), Path(o.key)) if o.cert and o.key else (None, None)
+        else:
+            self._pki_dir = tempfile.TemporaryDirectory(prefix="hil-tls-")
+            pki = BrokerPki.create(Path(self._pki_dir.name), client=o.require_certificate)
+            ca, cert, key = pki.ca, pki.server.cert, pki.server.key
+            client = (pki.client.cert, pki.client.key) if pki.client else (None, None)
+            if o.cert and o.key:
+                client = (Path(o.cert), Path(o.key))
+        lines = [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
+        if o.require_certificate:
+            lines.append("require_certificate true")
+        return lines, TlsFiles(ca=ca, cert=client[0], key=client[1])
+
+    def _config(self, port: int, password: str | None, tls_lines: list[str]) -> str:
         lines = [
             f"listener {port} {self.options.host}",
+            *tls_lines,
             "persistence false",
             # As root, mosquitto would switch to user "mosquitto", who cannot write our workdir.
             f"user {getpass.getuser()}",
@@ -84,16 +138,22 @@ class MosquittoBroker(BrokerDriver):
         password = password_from_env(self.options.password_env)
         self.workdir.mkdir(parents=True, exist_ok=True)
         port = self.options.port or free_port(self.options.host)
+        tls_lines, tls = self._tls()
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(self._config(port, password))
+        conf.write_text(self._config(port, password, tls_lines))
+        # Its own session: a Ctrl-C at the terminal reaches the harness, which stops the broker
+        # after its clients; and it dies with the harness even if that is SIGKILLed.
         self._process = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + self.options.start_timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                err = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                stderr = self._process.stderr
+                err = stderr.read().decode(errors="replace") if stderr else ""
                 self._process = None
+                self._remove_pki()
                 raise BrokerError(f"mosquitto exited at start: {err.strip() or self.log_tail()}")
             try:
                 with socket.create_connection((self.options.host, port), timeout=0.2):
@@ -104,9 +164,20 @@ class MosquittoBroker(BrokerDriver):
             self.stop()
             raise BrokerError(f"mosquitto did not listen on port {port} within "
                               f"{self.options.start_timeout_s} s")
-        return BrokerEndpoint(self.options.host, port, None, self.options.username, password)
+        return BrokerEndpoint(
+            self.options.host, port, tls, self.options.username, password, self.options.password_env
+        )
 
     def stop(self) -> None:
+        self._stop_process()
+        self._remove_pki()
+
+    def _remove_pki(self) -> None:
+        if self._pki_dir is not None:
+            self._pki_dir.cleanup()
+            self._pki_dir = None
+
+    def _stop_process(self) -> None:
         if self._process is None:
             return
         self._process.terminate()
