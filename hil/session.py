@@ -1,8 +1,9 @@
 """Bringing a rig up for a test session and always giving it back.
 
-Order: broker, then the twin (if the rig has `[sim]`), then power (switched on), then the
-console. Teardown runs in reverse from one ExitStack, also on failure, timeout and Ctrl-C:
-power is left on, ports closed, spawned brokers and twins stopped.
+Order: the rig's lock (one run per rig), broker, then the twin (if the rig has `[sim]`), then
+power (switched on), then the console. Teardown runs in reverse from one ExitStack, also on
+failure, timeout and Ctrl-C: power is left on, ports closed, spawned brokers and twins stopped,
+the lock released.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from hil.broker import BrokerDriver, BrokerEndpoint
 from hil.console import ConsoleBuffer
+from hil.lock import RigLock
 from hil.power import PowerDriver
 from hil.rig import Rig
 
@@ -43,6 +45,9 @@ class RigSession:
 
     def _start(self, console_sink) -> None:
         rig = self.rig
+        lock = RigLock(rig.path, rig.name)
+        lock.acquire()
+        self._stack.callback(lock.release)
         self.broker = rig.broker.cls(rig.broker.options, self.workdir / "broker")
         self._stack.callback(self.broker.stop)
         self.endpoint = self.broker.start()

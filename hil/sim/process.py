@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hil import schema
+from hil.lifetime import die_with_parent
 from hil.profile import DeviceProfile
 from hil.sim.options import SimOptions
 
@@ -81,8 +82,11 @@ class TwinProcess:
         self._stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives until stop())
             prefix="hil-sim-", suffix=".log", dir=dir, delete=False
         )
+        # Its own session, so a terminal's Ctrl-C reaches only the harness, which switches the
+        # relay back on before stopping the twin; and it dies with the harness on SIGKILL.
         self._process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=self._stderr_file, stdin=subprocess.DEVNULL
+            argv, stdout=subprocess.PIPE, stderr=self._stderr_file, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         try:
             self.ports = self._await_ready(timeout)
