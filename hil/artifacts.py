@@ -50,7 +50,9 @@ class ArtifactStore:
             handle = self._files.get(name)
             if handle is None:
                 self.current.mkdir(parents=True, exist_ok=True)
-                handle = self._files[name] = open(self.current / name, "a", encoding="utf-8")
+                handle = self._files[name] = open(  # noqa: SIM115 - kept open until the test ends
+                    self.current / name, "a", encoding="utf-8"
+                )
             handle.write(text)
             handle.flush()
 

@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sim", "hil.sim.cli", "run the device twin standalone"),
         ("image", "hil.image_cli", "inspect or make ESP32 app images"),
         ("discover", "hil.discovery", "list serial devices and their rig-file tables"),
+        ("ota", "hil.ota_cli", "push a firmware image to a rig's device over MQTT"),
     ):
         sub = verbs.add_parser(verb, help=text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
@@ -118,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb not in ("run", "sim", "image", "discover"):
+    if extra and args.verb not in ("run", "sim", "image", "discover", "ota"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args, extra)
 

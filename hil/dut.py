@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from hil.console import ConsoleBuffer
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecord, MqttRecorder
-from hil.power import PowerDriver
-from hil.profile import DeviceProfile
 from hil.ota.faults import FaultPlan
 from hil.ota.sender import OtaResult, OtaSender
+from hil.power import PowerDriver
+from hil.profile import DeviceProfile
 from hil.protocol import ota as ota_messages
 
 
@@ -124,7 +124,8 @@ class Dut:
 
     def replies_since(self, index: int) -> list[MqttRecord]:
         return [
-            r for r in self.mqtt.received(self.topics.status_topic, since=index)
+            r
+            for r in self.mqtt.received(self.topics.status_topic, since=index)
             if not self.is_status(r)
         ]
 

@@ -60,7 +60,9 @@ def console(hil_session: RigSession):
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def hil_mqtt(hil_session: RigSession, request: pytest.FixtureRequest) -> AsyncIterator[MqttRecorder]:
+async def hil_mqtt(
+    hil_session: RigSession, request: pytest.FixtureRequest
+) -> AsyncIterator[MqttRecorder]:
     profile = hil_session.rig.profile
     client = MqttRecorder(hil_session.endpoint, [profile.mqtt.status_topic])
     client.sink = request.config.stash[STORE_KEY].sink("mqtt.jsonl")

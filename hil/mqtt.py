@@ -101,21 +101,29 @@ def _connect_failure(endpoint: BrokerEndpoint, error: str, rc: object, socket_er
     tls = endpoint.tls
     if "CERTIFICATE_VERIFY_FAILED" in error:
         if "mismatch" in error:
-            return (f"server certificate does not match host {endpoint.host} ({error}); use a "
-                    "[broker] host the certificate names")
+            return (
+                f"server certificate does not match host {endpoint.host} ({error}); use a "
+                "[broker] host the certificate names"
+            )
         ca = tls.ca if tls and tls.ca else "the system CAs"
-        return (f"server certificate not trusted by ca {ca} ({error}); set [broker] ca to the "
-                "CA that signed the broker's certificate")
+        return (
+            f"server certificate not trusted by ca {ca} ({error}); set [broker] ca to the "
+            "CA that signed the broker's certificate"
+        )
     if "CERTIFICATE_REQUIRED" in socket_errors:
         return "broker requires a client certificate: set cert and key in [broker]"
     if tls and tls.cert and "ALERT" in socket_errors:
-        return (f"broker refused the client certificate {tls.cert} ({socket_errors}); set cert "
-                "and key in [broker] to a pair signed by the broker's CA")
+        return (
+            f"broker refused the client certificate {tls.cert} ({socket_errors}); set cert "
+            "and key in [broker] to a pair signed by the broker's CA"
+        )
     code = getattr(rc, "value", rc)
     if code in _REFUSED_CREDENTIALS:
         source = f"from ${endpoint.password_env}" if endpoint.password_env else "no password_env"
-        return (f"bad username or password ({source}); check [broker] username and the "
-                "password variable")
+        return (
+            f"bad username or password ({source}); check [broker] username and the "
+            "password variable"
+        )
     detail = "; ".join(filter(None, (error, socket_errors)))
     return f"{detail}; check [broker] host, port, TLS files, username and the password variable"
 

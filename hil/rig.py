@@ -192,7 +192,9 @@ def load_rig(path: str | Path) -> Rig:
     """Read and validate a rig file; every error names the file and the key."""
     path = Path(path).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError("", f"rig file not found; `hil rigs check` takes a path like {DEFAULT_RIG}", path)
+        raise ConfigError(
+            "", f"rig file not found; `hil rigs check` takes a path like {DEFAULT_RIG}", path
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

@@ -104,8 +104,10 @@ def load(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             raise ConfigError(key, f"unknown key; known keys here: {known}")
         kwargs[name] = _convert(hints[name], value, key)
     for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and (
-            f.default_factory is dataclasses.MISSING
+        if (
+            name not in kwargs
+            and f.default is dataclasses.MISSING
+            and (f.default_factory is dataclasses.MISSING)
         ):
             key = f"{prefix}.{name}" if prefix else name
             raise ConfigError(key, f"missing; expected {_describe(hints[name])}")

@@ -77,8 +77,19 @@ class RigSession:
             self.power.on()
         self.console = rig.console.cls(rig.console.options, rig.profile)
         self.console.sink = console_sink
-        self.console.open()
-        self._stack.callback(self.console.close)
+        if rig.sim is None:
+            self.console.open()
+            self._stack.callback(self.console.close)
+            return
+        # The twin's device boots when the twin starts: that boot belongs to bring-up.
+        with self.console.reboot_expected():
+            self.console.open()
+            self._stack.callback(self.console.close)
+            if not self.console.wait(rig.profile.console.firmware_start, rig.profile.limits.boot_s):
+                raise RuntimeError(
+                    f"the virtual rig's device did not print its start line within "
+                    f"{rig.profile.limits.boot_s:g} s; see the twin log in {self.workdir / 'sim'}"
+                )
 
     def _power_back_on(self) -> None:
         """Teardown never leaves the device's modem without power."""

@@ -1,4 +1,4 @@
-"""Broker credentials: the username in the rig, the password only ever in an environment variable."""
+"""Broker credentials: the username in the rig, the password only in an environment variable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hil.broker import BrokerError
 
 
 def password_from_env(variable: str | None) -> str | None:
-    """The password held in `variable`; an unset variable is an error that names it, not its value."""
+    """The password held in `variable`; an unset variable is an error naming it."""
     if not variable:
         return None
     value = os.environ.get(variable)

@@ -45,7 +45,9 @@ class EmbeddedBroker(BrokerDriver):
         port = self.options.port or free_port(self.options.host)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.options.host}:{port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {
+                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}
+            },
         }
         self._loop = asyncio.new_event_loop()
         ready: Future[None] = Future()
@@ -70,7 +72,9 @@ class EmbeddedBroker(BrokerDriver):
             ready.result(timeout=self.options.start_timeout_s)
         except Exception as exc:
             self.stop()
-            raise BrokerError(f"embedded amqtt broker did not start on port {port}: {exc}") from None
+            raise BrokerError(
+                f"embedded amqtt broker did not start on port {port}: {exc}"
+            ) from None
         return BrokerEndpoint(self.options.host, port)
 
     def stop(self) -> None:

@@ -89,6 +89,7 @@ class ConsoleBuffer:
         self._boot = _compile(boot) if boot else None
         self._lines: list[ConsoleLine] = []
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._reboots_allowed = 0
         self.incidents: list[Incident] = []
@@ -102,6 +103,7 @@ class ConsoleBuffer:
             line = ConsoleLine(len(self._lines), when or time.time(), text)
             self._lines.append(line)
             self._classify(line)
+            self._arrived.notify_all()
             waiters = list(self._waiters)
         if self.sink:
             self.sink(line.format() + "\n")
@@ -173,8 +175,28 @@ class ConsoleBuffer:
                 return Found(line, m)
         return None
 
+    def wait(self, pattern: Pattern, timeout: float, since: int = 0) -> Found | None:
+        """Block (outside any event loop, e.g. during rig bring-up) until a line matches."""
+        regex = _compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while True:
+                for line in self._lines[since:]:
+                    if m := regex.search(line.text):
+                        return Found(line, m)
+                since = len(self._lines)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.gone:
+                    return None
+                self._arrived.wait(remaining)
+
     async def expect(
-        self, pattern: Pattern, timeout: float, *, since: int | None = None, fail_on_panic: bool = True
+        self,
+        pattern: Pattern,
+        timeout: float,
+        *,
+        since: int | None = None,
+        fail_on_panic: bool = True,
     ) -> Found:
         """Wait for a line matching `pattern` at or after the cursor (or `since`).
 

@@ -8,6 +8,7 @@ stays away longer than `reappear_s` fails whatever test is waiting on it.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ class SerialOptions:
         unknown = set(self.match) - {"vendor_id", "product_id", "serial", "interface"}
         if unknown:
             raise ValueError(
-                f"unknown match key {sorted(unknown)[0]!r}; use vendor_id, product_id, serial, interface"
+                f"unknown match key {sorted(unknown)[0]!r}; "
+                "use vendor_id, product_id, serial, interface"
             )
 
     def describe(self) -> str:
@@ -106,10 +108,8 @@ class SerialConsole(ConsoleBuffer):
 
     def _close_port(self) -> None:
         if self._serial is not None:
-            try:
+            with contextlib.suppress(serial.SerialException, OSError):
                 self._serial.close()
-            except (serial.SerialException, OSError):
-                pass
             self._serial = None
 
     def _run(self) -> None:

@@ -1,4 +1,4 @@
-"""A GPIO line of the runner (libgpiod v2) driving the relay; the line holds only while requested."""
+"""A GPIO line of the runner (libgpiod v2) driving the relay; it holds only while requested."""
 
 from __future__ import annotations
 

@@ -73,7 +73,9 @@ class LcusRelay(PowerDriver):
             self._serial.write(encode_frame(self.options.channel, energized))
             self._serial.flush()
         except serial.SerialException as exc:
-            raise PowerError(f"LCUS relay on {self.options.port} stopped answering: {exc}") from None
+            raise PowerError(
+                f"LCUS relay on {self.options.port} stopped answering: {exc}"
+            ) from None
         self._last_frame = time.monotonic()
 
     def describe(self) -> str:

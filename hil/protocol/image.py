@@ -120,7 +120,10 @@ def parse_image(data: bytes) -> ImageInfo:
     if pos != len(data):
         raise ImageError("size", f"{len(data) - pos} stray bytes after the end of the image")
     version = project = idf = ""
-    if len(first_data) >= APP_DESC.size and struct.unpack_from("<I", first_data)[0] == APP_DESC_MAGIC:
+    if (
+        len(first_data) >= APP_DESC.size
+        and struct.unpack_from("<I", first_data)[0] == APP_DESC_MAGIC
+    ):
         fields = APP_DESC.unpack_from(first_data)
         version, project, idf = _cstr(fields[3]), _cstr(fields[4]), _cstr(fields[7])
     return ImageInfo(

@@ -1,4 +1,4 @@
-"""OTA-over-MQTT messages: the server's BEGIN/chunk/END and the device's answers on its status topic.
+"""OTA-over-MQTT messages: the server's BEGIN/chunk/END and the device's status answers.
 
 A chunk on `firmware/update` is base64 of a big-endian u32 chunk number followed by at most
 508 data bytes. Device answers are `OTA:<WORD>[:<args>]` lines; `parse_reply` turns them into

@@ -16,17 +16,45 @@ from .conftest import needs_mosquitto
 
 def mosquitto_pub(endpoint, topic: str, message: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["mosquitto_pub", "-h", endpoint.host, "-p", str(endpoint.port), "-t", topic,
-         "-m", message, "-q", "1", *extra],
-        capture_output=True, text=True, timeout=10,
+        [
+            "mosquitto_pub",
+            "-h",
+            endpoint.host,
+            "-p",
+            str(endpoint.port),
+            "-t",
+            topic,
+            "-m",
+            message,
+            "-q",
+            "1",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
 
 
 def mosquitto_sub_once(endpoint, topic: str) -> subprocess.Popen:
     return subprocess.Popen(
-        ["mosquitto_sub", "-h", endpoint.host, "-p", str(endpoint.port), "-t", topic,
-         "-C", "1", "-W", "10", "-q", "1"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            "mosquitto_sub",
+            "-h",
+            endpoint.host,
+            "-p",
+            str(endpoint.port),
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-q",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -77,7 +105,7 @@ async def test_expect_timeout_lists_what_came(broker) -> None:
     async with MqttRecorder(endpoint, ["esp32_status"]) as mqtt:
         mosquitto_pub(endpoint, "esp32_status", "STATUS:HEARTBEAT:30")
         await mqtt.expect("esp32_status", "STATUS:HEARTBEAT:30", timeout=5)
-        with pytest.raises(MqttTimeout, match="(?s)OTA:SUCCESS.*HEARTBEAT:30"):
+        with pytest.raises(MqttTimeout, match=r"(?s)OTA:SUCCESS.*HEARTBEAT:30"):
             await mqtt.expect("esp32_status", "OTA:SUCCESS", timeout=0.3, since=0)
 
 
@@ -114,7 +142,9 @@ async def test_password_comes_from_the_named_variable(tmp_path, monkeypatch) -> 
 
 def test_unset_password_variable_is_named(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("HIL_TEST_UNSET", raising=False)
-    driver = MosquittoBroker(MosquittoOptions(username="u", password_env="HIL_TEST_UNSET"), tmp_path)
+    driver = MosquittoBroker(
+        MosquittoOptions(username="u", password_env="HIL_TEST_UNSET"), tmp_path
+    )
     with pytest.raises(BrokerError, match="HIL_TEST_UNSET is not set"):
         driver.start()
 

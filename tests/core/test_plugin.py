@@ -62,9 +62,7 @@ def test_header_names_the_rig(pytester, rig_file) -> None:
 
 
 def test_needs_power_skips_with_the_reason(pytester, rig_file) -> None:
-    result = run(
-        pytester, rig_file, "@pytest.mark.needs('power')\ndef test_cut(): pass", "-rs"
-    )
+    result = run(pytester, rig_file, "@pytest.mark.needs('power')\ndef test_cut(): pass", "-rs")
     result.assert_outcomes(skipped=1)
     assert "needs power: rig 'pty-rig' lacks it (it has no [power] table)" in result.stdout.str()
 
@@ -82,7 +80,9 @@ async def test_online(dut, mqtt, measurements):
     result.assert_outcomes(passed=1)
     folder = pytester.path / "art" / "test_inner.py__test_online"
     assert "Firmware 2.0.1 starting" in (folder / "console.log").read_text()
-    topics = [json.loads(line)["payload"] for line in (folder / "mqtt.jsonl").read_text().splitlines()]
+    topics = [
+        json.loads(line)["payload"] for line in (folder / "mqtt.jsonl").read_text().splitlines()
+    ]
     assert "STATUS:ONLINE:2.0.1" in topics
     [measurement] = json.loads((folder / "measurements.json").read_text())
     assert measurement["name"] == "boot" and measurement["passed"]

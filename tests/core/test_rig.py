@@ -66,7 +66,11 @@ def test_sim_rig_limits_and_overrides_reach_the_profile() -> None:
         (('driver = "lcus"', 'driver = "zigbee"'), "power.driver", "unknown power driver 'zigbee'"),
         (('driver = "mosquitto"', 'driver = "rabbit"'), "broker.driver", "installed: "),
         (("[broker]", "[brokers]\n[broker]"), "brokers", "unknown section"),
-        (("normally_closed = true", "normally_closed = 1"), "power.normally_closed", "true or false"),
+        (
+            ("normally_closed = true", "normally_closed = 1"),
+            "power.normally_closed",
+            "true or false",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, change, key, words) -> None:

@@ -1,0 +1,92 @@
+"""The HIL suites against the twin: all pass on good firmware, and each named firmware bug
+makes the suite that exists to catch it fail. A suite that stays green under its fault is
+not testing what it claims to.
+"""
+
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITES = ROOT / "test_suites"
+
+# fault -> the suite tests that must fail when the twin's firmware has it
+CATCHES = {
+    "echo_no_prefix": [
+        "test_echo.py::test_echo_answers_plaintext_then_prefixed_ciphertext[seed_test_message]"
+    ],
+    "echo_wrong_iv": [
+        "test_echo.py::test_echo_answers_plaintext_then_prefixed_ciphertext[16_bytes]"
+    ],
+    "crash_on_bad_base64": [
+        "test_echo.py::test_undecryptable_command_gets_no_echo_and_device_keeps_working[bad_base64]"
+    ],
+    "ota_accept_gaps": ["test_ota.py::test_ota_delivers_the_image_despite[drop_first]"],
+    "ota_skip_verify": ["test_ota.py::test_corrupted_byte_is_refused_at_verify"],
+    "ota_no_request": ["test_ota.py::test_ota_delivers_the_image_despite[drop_middle]"],
+    "no_recovery": ["test_recovery.py::test_recovers_after_power_cut[short]"],
+    "no_resubscribe": ["test_recovery.py::test_recovers_after_power_cut[medium]"],
+    "mqtt_v31": ["test_broker_protocol.py::test_device_connects_with_the_profiles_mqtt_version"],
+}
+
+
+def rig_with_faults(tmp_path: Path, faults: list[str]) -> Path:
+    text = (ROOT / "rigs" / "sim.toml").read_text()
+    listed = ", ".join(f'"{f}"' for f in faults)
+    rig = tmp_path / "sim-faulty.toml"
+    rig.write_text(text.replace("[sim]\n", f"[sim]\nfaults = [{listed}]\n", 1))
+    return rig
+
+
+def run_suites(tmp_path: Path, rig: Path, targets: list[str]) -> dict[str, str]:
+    """Run the suites in a fresh pytest; return each test's outcome from the JUnit report."""
+    junit = tmp_path / "junit.xml"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "--rig",
+            str(rig),
+            "-p",
+            "no:cacheprovider",
+            "--hil-artifacts",
+            str(tmp_path / "artifacts"),
+            "--junitxml",
+            str(junit),
+            "-q",
+            *targets,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    outcomes = {}
+    for case in ET.parse(junit).iter("testcase"):
+        name = f"{Path(case.get('classname', '').replace('.', '/')).name}.py::{case.get('name')}"
+        kinds = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        outcomes[name] = kinds[0] if kinds else "passed"
+    return outcomes
+
+
+def test_all_suites_pass_on_good_firmware(tmp_path: Path) -> None:
+    outcomes = run_suites(tmp_path, ROOT / "rigs" / "sim.toml", [str(SUITES)])
+    assert len(outcomes) >= 40
+    bad = {name: kind for name, kind in outcomes.items() if kind != "passed"}
+    assert not bad, f"suites not green on the fault-free twin: {bad}"
+
+
+@pytest.mark.parametrize("fault", CATCHES)
+def test_suite_fails_on_the_fault_it_exists_to_catch(tmp_path: Path, fault: str) -> None:
+    targets = [str(SUITES / node) for node in CATCHES[fault]]
+    outcomes = run_suites(tmp_path, rig_with_faults(tmp_path, [fault]), targets)
+    for node in CATCHES[fault]:
+        assert outcomes.get(node) == "failure", (
+            f"with fault {fault}, {node} should fail (device at fault) but was "
+            f"{outcomes.get(node, 'not run')}"
+        )
