@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sim", "hil.sim.cli", "run the device twin standalone"),
         ("image", "hil.image_cli", "inspect or make ESP32 app images"),
         ("discover", "hil.discovery", "list serial devices and their rig-file tables"),
+        ("doctor", "hil.doctor", "check a rig part by part: broker, console, relay, device"),
         ("ota", "hil.ota_cli", "push a firmware image to a rig's device over MQTT"),
     ):
         sub = verbs.add_parser(verb, help=text, add_help=False)
@@ -119,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.verb not in ("run", "sim", "image", "discover", "ota"):
+    if extra and args.verb not in ("run", "sim", "image", "discover", "doctor", "ota"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args, extra)
 

@@ -33,6 +33,8 @@ from hil.protocol.ota import (
     split_image,
 )
 
+DEFAULT_WINDOW = 8  # chunks in flight: ~550 ms of UART time, more than a typical LTE round trip
+
 Publish = Callable[[str], Awaitable[None]]
 ProgressCallback = Callable[[int, int, int], None]  # bytes acknowledged, total, retransmissions
 
@@ -97,7 +99,7 @@ class OtaSender:
         replies: asyncio.Queue[OtaReply],
         *,
         data_size: int = CHUNK_DATA_SIZE,
-        window: int = 8,
+        window: int = DEFAULT_WINDOW,
         reply_timeout: float = 20.0,
         max_retries: int = 10,
         faults: FaultPlan | None = None,

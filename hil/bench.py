@@ -1,0 +1,312 @@
+"""`python -m hil.bench` (`nox -s bench`): OTA throughput on the twin against the UART's ceiling.
+
+A measurement, not a test: it pushes one image with each window at each cellular round trip
+and prints the figures next to what the 115200-baud UART could carry at best, so a change to
+the sender (or the firmware) shows up as a number. One twin per round trip, all running at
+once; the windows at one round trip run one after the other on the same twin and image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hil.dut import Dut
+from hil.measurements import Measurements
+from hil.mqtt import MqttRecorder
+from hil.ota import DEFAULT_WINDOW
+from hil.ota_cli import KB, Refusal, deliver, device_version, rig_up
+from hil.profile import DeviceProfile
+from hil.protocol import ota
+from hil.protocol.image import build_image
+from hil.rig import DEFAULT_RIG, Rig, load_rig
+from hil.schema import ConfigError
+from hil.session import RigSession
+from hil.sim.twin import UART_BAUD
+from hil.sim.uart import BITS_PER_BYTE
+
+QUICK = {"rtt": [50.0], "size": 16384}
+TARGET_RTT_MS = 300.0
+TARGET_FRACTION = 0.80
+TARGET_SPEEDUP = 5.0
+
+
+# -- the ceiling ---------------------------------------------------------------------------
+
+
+def _line(text: str) -> bytes:
+    """A result line as the modem frames it (hil/sim/modem.py Sim7600._send_line)."""
+    return b"\r\n" + text.encode() + b"\r\n"
+
+
+def rx_block(topic: str, payload: bytes, client: int = 0) -> bytes:
+    """One incoming message as the modem puts it on the UART (hil/sim/modem.py Sim7600._rx)."""
+    t = topic.encode()
+    return (
+        f"\r\n+CMQTTRXSTART: {client},{len(t)},{len(payload)}\r\n"
+        f"+CMQTTRXTOPIC: {client},{len(t)}\r\n".encode()
+        + t
+        + f"\r\n+CMQTTRXPAYLOAD: {client},{len(payload)}\r\n".encode()
+        + payload
+        + f"\r\n+CMQTTRXEND: {client}\r\n".encode()
+    )
+
+
+def publish_commands(topic: str, payload: str, qos: int, client: int = 0) -> bytes:
+    """What the firmware sends the modem to publish (ESP32 to modem; hil/sim/firmware.py)."""
+    t, p = topic.encode(), payload.encode()
+    return (
+        f"AT+CMQTTTOPIC={client},{len(t)}\r".encode()
+        + t
+        + f"AT+CMQTTPAYLOAD={client},{len(p)}\r".encode()
+        + p
+        + f"AT+CMQTTPUB={client},{qos},60\r".encode()
+    )
+
+
+def publish_answers(client: int = 0) -> bytes:
+    """What that publish draws back from the modem, on the same direction as the chunks:
+    `>` and OK for the topic, `>` and OK for the payload, OK and +CMQTTPUB for the publish."""
+    prompt = b"\r\n>"
+    ok = _line("OK")
+    return prompt + ok + prompt + ok + ok + _line(f"+CMQTTPUB: {client},0")
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """Image bytes per second the UART can carry at best, and how it was reached."""
+
+    data_size: int
+    chunk_bytes: int  # modem to ESP32, the chunk itself
+    answer_bytes: int  # modem to ESP32, the answers to the device's PROGRESS publish
+    publish_bytes: int  # ESP32 to modem, the PROGRESS publish
+    baud: int
+
+    def rate(self, with_answers: bool = True) -> float:
+        wire = self.chunk_bytes + (self.answer_bytes if with_answers else 0)
+        return self.data_size * self.baud / (wire * BITS_PER_BYTE)
+
+    def explain(self) -> list[str]:
+        per_chunk = self.chunk_bytes + self.answer_bytes
+        ms = per_chunk * BITS_PER_BYTE / self.baud * 1000
+        encoded = len(ota.encode_chunk(0, bytes(self.data_size)))
+        return [
+            f"UART ceiling ({self.baud} baud, 8N1 = {BITS_PER_BYTE} bits per byte):",
+            f"  a chunk carries {self.data_size} image bytes + a 4-byte number = "
+            f"{self.data_size + 4} bytes, {encoded} in base64",
+            f"  modem -> ESP32, the +CMQTTRXSTART/RXTOPIC/topic/RXPAYLOAD/payload/RXEND "
+            f"block: {self.chunk_bytes} bytes",
+            f"  modem -> ESP32, the '>' prompts, OKs and +CMQTTPUB result the device's "
+            f"OTA:PROGRESS publish draws: {self.answer_bytes} bytes",
+            f"  ESP32 -> modem, the PROGRESS publish itself (AT+CMQTTTOPIC/PAYLOAD/PUB): "
+            f"{self.publish_bytes} bytes; the UART is full duplex, so it does not compete",
+            f"  = {per_chunk} bytes = {per_chunk * BITS_PER_BYTE} bits = {ms:.2f} ms per chunk "
+            f"-> ceiling {self.rate() / KB:.2f} kB/s of image "
+            f"({self.rate(False) / KB:.2f} kB/s counting the chunk block alone)",
+            f"  not counted: the firmware's periodic AT health check ({len(_line('OK'))} bytes "
+            "of answer per check) and heartbeats, well under 1 %",
+        ]
+
+
+def uart_ceiling(profile: DeviceProfile, image_size: int) -> Ceiling:
+    data_size = profile.ota.chunk_data_size
+    total = ota.chunk_count(image_size, data_size)
+    chunk = ota.encode_chunk(total - 1, bytes(data_size)).encode()
+    status = profile.mqtt.status_topic
+    return Ceiling(
+        data_size=data_size,
+        chunk_bytes=len(rx_block(profile.mqtt.firmware_topic, chunk)),
+        answer_bytes=len(publish_answers()),
+        publish_bytes=len(
+            publish_commands(status, ota.progress(total - 1, total), profile.mqtt.qos)
+        ),
+        baud=UART_BAUD,
+    )
+
+
+# -- the runs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    rtt_ms: float
+    window: int
+    size: int
+    chunks: int
+    seconds: float
+    retransmissions: int
+
+    @property
+    def throughput(self) -> float:
+        return self.size / self.seconds
+
+
+def with_rtt(rig: Rig, rtt_ms: float) -> Rig:
+    if rig.sim is None:
+        raise Refusal(f"rig {rig.path} has no [sim] table: the benchmark runs on the twin")
+    return dataclasses.replace(rig, sim=dataclasses.replace(rig.sim, rtt_ms=rtt_ms))
+
+
+async def runs_at(session: RigSession, rtt_ms: float, windows: list[int], size: int) -> list[Run]:
+    """Push the same-size image once per window on one twin, waiting for each reboot."""
+    assert session.endpoint is not None and session.console is not None
+    profile = session.rig.profile
+    runs = []
+    async with MqttRecorder(session.endpoint, [profile.mqtt.status_topic]) as mqtt:
+        dut = Dut(profile, session.console, mqtt, session.power, Measurements())
+        await device_version(dut)
+        for window in windows:
+            image = build_image(f"bench-{rtt_ms:g}-w{window}", size)
+            delivery = await deliver(dut, image, window=window)
+            r = delivery.result
+            runs.append(Run(rtt_ms, window, r.size, r.chunks, r.seconds, r.retransmissions))
+            print(f"  rtt {rtt_ms:g} ms, window {window}: {r.seconds:.1f} s", file=sys.stderr)
+    return runs
+
+
+async def run_all(sessions: dict[float, RigSession], windows: list[int], size: int) -> list[Run]:
+    results = await asyncio.gather(
+        *(runs_at(session, rtt, windows, size) for rtt, session in sessions.items())
+    )
+    return [run for runs in results for run in runs]
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def table(runs: list[Run], ceiling: Ceiling) -> list[str]:
+    base = {r.rtt_ms: r for r in runs if r.window == 1}
+    lines = [
+        f"{'rtt ms':>7} {'window':>6} {'seconds':>8} {'ms/chunk':>8} {'kB/s':>6} "
+        f"{'of ceiling':>10} {'vs window 1':>11} {'retx':>4}",
+    ]
+    for r in sorted(runs, key=lambda r: (r.rtt_ms, r.window)):
+        one = base.get(r.rtt_ms)
+        speedup = f"{one.seconds / r.seconds:.2f}x" if one else "-"
+        lines.append(
+            f"{r.rtt_ms:>7g} {r.window:>6} {r.seconds:>8.1f} {r.seconds / r.chunks * 1000:>8.1f} "
+            f"{r.throughput / KB:>6.2f} {r.throughput / ceiling.rate():>10.0%} {speedup:>11} "
+            f"{r.retransmissions:>4}"
+        )
+    return lines
+
+
+def verdict(runs: list[Run], ceiling: Ceiling) -> str:
+    at = {r.window: r for r in runs if r.rtt_ms == TARGET_RTT_MS}
+    best = at.get(DEFAULT_WINDOW)
+    if best is None or 1 not in at:
+        return (
+            f"target (at {TARGET_RTT_MS:g} ms: window {DEFAULT_WINDOW} >= "
+            f"{TARGET_FRACTION:.0%} of the ceiling and >= {TARGET_SPEEDUP:g}x window 1): "
+            "not measured in this run"
+        )
+    fraction = best.throughput / ceiling.rate()
+    speedup = at[1].seconds / best.seconds
+    met = fraction >= TARGET_FRACTION and speedup >= TARGET_SPEEDUP
+    return (
+        f"target at {TARGET_RTT_MS:g} ms: window {DEFAULT_WINDOW} reaches {fraction:.0%} of the "
+        f"ceiling (want >= {TARGET_FRACTION:.0%}) and {speedup:.2f}x window 1 "
+        f"(want >= {TARGET_SPEEDUP:g}x): {'MET' if met else 'NOT MET'}"
+    )
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def _numbers(kind: type):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+        if not values or any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"{text!r}: want one or more values >= 0")
+        return values
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m hil.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--rig", type=Path, default=DEFAULT_RIG, help=f"default {DEFAULT_RIG}")
+    p.add_argument(
+        "--rtt",
+        type=_numbers(float),
+        default=[50.0, 300.0, 600.0],
+        help="round trips in ms (default 50,300,600)",
+    )
+    p.add_argument("--size", type=int, default=262144, help="image bytes (default 262144)")
+    p.add_argument(
+        "--windows",
+        type=_numbers(int),
+        default=[1, DEFAULT_WINDOW],
+        help=f"windows to compare (default 1,{DEFAULT_WINDOW})",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"sanity check in seconds: {QUICK['size']} bytes at {QUICK['rtt'][0]:g} ms only",
+    )
+    return p
+
+
+def bench(args: argparse.Namespace) -> list[str]:
+    if args.quick:
+        args.rtt, args.size = QUICK["rtt"], QUICK["size"]
+    if 0 in args.windows:
+        raise Refusal("--windows: a window is at least 1 chunk")
+    try:
+        rig = load_rig(args.rig)
+    except ConfigError as exc:
+        raise Refusal(str(exc)) from None
+    ceiling = uart_ceiling(rig.profile, args.size)
+    chunks = ota.chunk_count(args.size, rig.profile.ota.chunk_data_size)
+    print(
+        f"OTA benchmark on the twin ({rig.path}): a {args.size}-byte image ({chunks} chunks), "
+        f"windows {', '.join(map(str, args.windows))} at rtt "
+        f"{', '.join(f'{r:g}' for r in args.rtt)} ms; one twin per rtt, run side by side",
+        file=sys.stderr,
+    )
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="hil-bench-") as tmp, contextlib.ExitStack() as stack:
+        sessions = {
+            rtt: stack.enter_context(rig_up(with_rtt(rig, rtt), Path(tmp) / f"rtt{rtt:g}"))
+            for rtt in args.rtt
+        }
+        runs = asyncio.run(run_all(sessions, args.windows, args.size))
+    return [
+        *ceiling.explain(),
+        "",
+        f"{args.size} bytes ({chunks} chunks) per push; seconds are OTA:BEGIN to OTA:SUCCESS; "
+        f"the whole benchmark took {time.monotonic() - started:.0f} s",
+        *table(runs, ceiling),
+        "",
+        verdict(runs, ceiling),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        print("\n".join(bench(args)))
+    except Refusal as exc:
+        print(f"hil.bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hil.bench: interrupted; the twins and brokers were stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
