@@ -62,9 +62,7 @@ class Measurements:
         return measurement
 
     def to_json(self) -> str:
-        return json.dumps(
-            [asdict(m) | {"passed": m.passed} for m in self.items], indent=2
-        )
+        return json.dumps([asdict(m) | {"passed": m.passed} for m in self.items], indent=2)
 
     def properties(self) -> list[tuple[str, str]]:
         """(name, value) pairs for JUnit XML."""
