@@ -230,6 +230,12 @@ def find_ports(match: UdevMatch, context: pyudev.Context | None = None) -> list[
     return [d for d in list_serial_devices(context) if match.matches(d.properties())]
 
 
+def find_port(match: UdevMatch, context: pyudev.Context | None = None) -> SerialDevice | None:
+    """The one port `match` selects, None if absent; AmbiguousMatch if several answer."""
+    found = find_ports(match, context)
+    return _only(match, found) if found else None
+
+
 def _only(match: UdevMatch, found: list[SerialDevice]) -> SerialDevice:
     if len(found) > 1:
         listing = "\n".join(f"  {d.describe()}" for d in found)

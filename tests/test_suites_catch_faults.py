@@ -3,6 +3,8 @@ makes the suite that exists to catch it fail. A suite that stays green under its
 not testing what it claims to.
 """
 
+import os
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -81,7 +83,14 @@ def test_all_suites_pass_on_good_firmware(tmp_path: Path) -> None:
     assert not bad, f"suites not green on the fault-free twin: {bad}"
 
 
-@pytest.mark.parametrize("fault", CATCHES)
+def needs_broker_log(fault: str):
+    """mqtt_v31 is caught by the broker's log, which the spawned mosquitto keeps."""
+    if fault == "mqtt_v31" and not shutil.which("mosquitto", path=f"{os.environ['PATH']}:/usr/sbin"):
+        return pytest.param(fault, marks=pytest.mark.skip("needs mosquitto (apt-get install mosquitto)"))
+    return fault
+
+
+@pytest.mark.parametrize("fault", [needs_broker_log(f) for f in CATCHES])
 def test_suite_fails_on_the_fault_it_exists_to_catch(tmp_path: Path, fault: str) -> None:
     targets = [str(SUITES / node) for node in CATCHES[fault]]
     outcomes = run_suites(tmp_path, rig_with_faults(tmp_path, [fault]), targets)

@@ -67,10 +67,11 @@ class SerialConsole(ConsoleBuffer):
     def _find_port(self) -> str | None:
         if self.options.port:
             return self.options.port if Path(self.options.port).exists() else None
-        from hil.discovery import UdevMatch, find_ports
+        from hil.discovery import UdevMatch, find_port
 
-        found = find_ports(UdevMatch(**self.options.match))
-        return found[0].node if len(found) == 1 else None
+        # Two boards answering to the rig's match raise AmbiguousMatch rather than a guess.
+        found = find_port(UdevMatch(**self.options.match))
+        return found.node if found else None
 
     def _try_open(self) -> bool:
         path = self._find_port()
@@ -130,7 +131,13 @@ class SerialConsole(ConsoleBuffer):
     def _wait_for_port(self) -> None:
         deadline = time.monotonic() + self.options.reappear_s
         while not self._stop.is_set():
-            if self._try_open():
+            try:
+                back = self._try_open()
+            except RuntimeError as exc:  # several boards match the rig: never guess
+                self.lose(str(exc))
+                self._stop.wait()
+                return
+            if back:
                 self.reopened += 1
                 self.note(f"console port back as {self.port_path}")
                 return
