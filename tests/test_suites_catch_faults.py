@@ -85,8 +85,12 @@ def test_all_suites_pass_on_good_firmware(tmp_path: Path) -> None:
 
 def needs_broker_log(fault: str):
     """mqtt_v31 is caught by the broker's log, which the spawned mosquitto keeps."""
-    if fault == "mqtt_v31" and not shutil.which("mosquitto", path=f"{os.environ['PATH']}:/usr/sbin"):
-        return pytest.param(fault, marks=pytest.mark.skip("needs mosquitto (apt-get install mosquitto)"))
+    if fault == "mqtt_v31" and not shutil.which(
+        "mosquitto", path=f"{os.environ['PATH']}:/usr/sbin"
+    ):
+        return pytest.param(
+            fault, marks=pytest.mark.skip("needs mosquitto (apt-get install mosquitto)")
+        )
     return fault
 
 
