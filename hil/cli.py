@@ -77,7 +77,8 @@ def _delegate(module: str) -> Callable[[argparse.Namespace, list[str]], int]:
     def run(args: argparse.Namespace, extra: list[str]) -> int:
         import importlib
 
-        return int(importlib.import_module(module).main(args.rest + extra))
+        # The words after the verb, in their order (argparse moves unknown options to `extra`).
+        return int(importlib.import_module(module).main(args.words))
 
     return run
 
@@ -118,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.words = argv[argv.index(args.verb) + 1 :]
     if extra and args.verb not in ("run", "sim", "image", "discover", "doctor", "ota"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args, extra)

@@ -28,6 +28,10 @@ def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
     if rig is None:
         raise ConfigError("", "no rig file: pass --rig PATH (for example rigs/sim.toml)")
     store = request.config.stash[STORE_KEY]
+    if request.config.getoption("--hil-doctor"):
+        from hil.doctor import check_rig
+
+        check_rig(rig, store.root / "_doctor")
     workdir = store.root / "_rig"
     with RigSession(rig, workdir) as session:
         session.console.sink = store.sink("console.log")

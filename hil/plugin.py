@@ -42,6 +42,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="where per-test console logs, MQTT logs and measurements go "
         "(default: hil-artifacts/<timestamp>/)",
     )
+    group.addoption(
+        "--hil-doctor",
+        action="store_true",
+        help="check the rig part by part (`hil doctor`, without a power cut) before the first "
+        "rig test; a failed check makes every rig test an error",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
