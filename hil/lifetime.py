@@ -13,6 +13,8 @@ import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+# Loaded here, in the parent: the child between fork and exec must not take the loader's locks.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
 def die_with_parent() -> None:
@@ -21,9 +23,8 @@ def die_with_parent() -> None:
     The signal follows the spawning *thread*, so spawn from a thread that lives as long as the
     child should (the main thread, in the harness).
     """
-    if not sys.platform.startswith("linux"):
+    if _LIBC is None:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() == 1:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGTERM)

@@ -81,14 +81,18 @@ class RigLock:
     def _busy_message(self) -> str:
         try:
             note = json.loads(self.note_path.read_text())
-            holder = (f"pid {note['pid']} since {note['since']} "
-                      f"(started by {note['user']}: {note['command']})")
+            holder = (
+                f"pid {note['pid']} since {note['since']} "
+                f"(started by {note['user']}: {note['command']})"
+            )
             if not _alive(note["pid"]):
                 holder += ", which has exited: a process it started still holds the lock"
         except (OSError, ValueError, KeyError):
             holder = "another process (it has not written its note yet)"
-        return (f"rig {self.name} ({self.rig_path}) is in use by {holder}; wait or stop it "
-                f"(lock {self.path})")
+        return (
+            f"rig {self.name} ({self.rig_path}) is in use by {holder}; wait or stop it "
+            f"(lock {self.path})"
+        )
 
     def __enter__(self) -> RigLock:
         self.acquire()

@@ -133,7 +133,7 @@ class MosquittoBroker(BrokerDriver):
         if not exe:
             raise BrokerError(
                 f"{self.options.executable} not found on PATH; install it (apt-get install "
-                "mosquitto) or use driver = \"embedded\" in the rig's [broker]"
+                'mosquitto) or use driver = "embedded" in the rig\'s [broker]'
             )
         password = password_from_env(self.options.password_env)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -144,8 +144,11 @@ class MosquittoBroker(BrokerDriver):
         # Its own session: a Ctrl-C at the terminal reaches the harness, which stops the broker
         # after its clients; and it dies with the harness even if that is SIGKILLed.
         self._process = subprocess.Popen(
-            [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=die_with_parent,
+            [exe, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + self.options.start_timeout_s
         while time.monotonic() < deadline:
@@ -162,8 +165,9 @@ class MosquittoBroker(BrokerDriver):
                 time.sleep(0.02)
         else:
             self.stop()
-            raise BrokerError(f"mosquitto did not listen on port {port} within "
-                              f"{self.options.start_timeout_s} s")
+            raise BrokerError(
+                f"mosquitto did not listen on port {port} within {self.options.start_timeout_s} s"
+            )
         return BrokerEndpoint(
             self.options.host, port, tls, self.options.username, password, self.options.password_env
         )

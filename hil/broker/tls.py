@@ -47,17 +47,24 @@ class Authority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
             .sign(key, hashes.SHA256())
         )
         stem = _stem(name)
-        return cls(_write_cert(directory / f"{stem}.pem", cert),
-                   _write_key(directory / f"{stem}.key", key))
+        return cls(
+            _write_cert(directory / f"{stem}.pem", cert), _write_key(directory / f"{stem}.key", key)
+        )
 
     def issue(
         self, directory: Path, name: str, *, hosts: tuple[str, ...] = (), client: bool = False
@@ -79,8 +86,9 @@ class Authority:
             )
         cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
         stem = _stem(name)
-        return Issued(_write_cert(directory / f"{stem}.pem", cert),
-                      _write_key(directory / f"{stem}.key", key))
+        return Issued(
+            _write_cert(directory / f"{stem}.pem", cert), _write_key(directory / f"{stem}.key", key)
+        )
 
 
 @dataclass(frozen=True)
