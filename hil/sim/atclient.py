@@ -17,6 +17,10 @@ class AtTimeout(Exception):
     """The modem did not answer in time (it is off, booting, or hung)."""
 
 
+class ModemRestarted(AtTimeout):
+    """The modem printed RDY mid-command: it rebooted (power loss) and will never answer."""
+
+
 class AtError(Exception):
     """The modem answered ERROR; `lines` holds what it said before."""
 
@@ -38,10 +42,23 @@ def _future() -> asyncio.Future:  # type: ignore[type-arg]
 class _Pending:
     command: str
     wait_for: str | None
+    with_data: bool
     lines: list[str] = field(default_factory=list)
-    prompt: asyncio.Event = field(default_factory=asyncio.Event)
+    prompt: asyncio.Future[None] = field(default_factory=lambda: _future())
     final: asyncio.Future[bool] = field(default_factory=lambda: _future())
     result: asyncio.Future[str] = field(default_factory=lambda: _future())
+
+    def fail(self, exc: Exception) -> None:
+        """Fail the step being waited for (prompt, final result, then the network result)."""
+        steps = [self.final]
+        if self.with_data:
+            steps.insert(0, self.prompt)
+        if self.wait_for:
+            steps.append(self.result)
+        for future in steps:
+            if not future.done():
+                future.set_exception(exc)
+                return
 
 
 @dataclass
@@ -67,7 +84,7 @@ class AtClient:
         self._buffer = bytearray()
         self._raw: tuple[int, Callable[[bytes], None]] | None = None
         self._rx: _Rx | None = None
-        self._last_rx = 0.0
+        self._rx_busy_s = 0.0  # total wire time of everything received so far
 
     def wire_time(self, size: int) -> float:
         return size * BITS_PER_BYTE / self._uart.baud
@@ -86,13 +103,13 @@ class AtClient:
         the module sends after OK, and return it last.
         """
         async with self._lock:
-            pending = _Pending(line, wait_for)
+            pending = _Pending(line, wait_for, data is not None)
             self._pending = pending
             try:
                 self._uart.write(line.encode() + b"\r")
                 budget = timeout + self.wire_time(len(line) + len(data or b"") + 64) * 2
                 if data is not None:
-                    await self._wait(pending.prompt.wait(), budget, line)
+                    await self._wait(pending.prompt, budget, line)
                     self._uart.write(data)
                 ok = await self._wait(pending.final, budget, line)
                 if not ok:
@@ -105,16 +122,16 @@ class AtClient:
                 self._pending = None
 
     async def _wait(self, future, timeout: float, line: str):  # type: ignore[no-untyped-def]
-        """Wait for `future` while the modem keeps talking; time out after `timeout` of silence.
+        """Wait for `future` for `timeout`, plus the time the UART spent bringing us other bytes.
 
-        URCs (incoming messages) share the wire with answers, so a busy line is a live modem.
+        URCs (incoming messages) share the wire with answers and may delay an answer by their
+        wire time, but a modem that talks without answering still runs out of time.
         """
         loop = asyncio.get_running_loop()
-        future = asyncio.ensure_future(future)
-        start = loop.time()
+        deadline = loop.time() + timeout - self._rx_busy_s
         try:
             while True:
-                left = max(start, self._last_rx) + timeout - loop.time()
+                left = deadline + self._rx_busy_s - loop.time()
                 if left <= 0:
                     raise AtTimeout(f"no answer to {_name(line)} within {timeout:.1f} s")
                 done, _ = await asyncio.wait({future}, timeout=left)
@@ -127,8 +144,9 @@ class AtClient:
     async def run(self) -> None:
         """Read the UART for ever and dispatch what arrives."""
         while True:
-            self._buffer += await self._uart.read()
-            self._last_rx = asyncio.get_running_loop().time()
+            data = await self._uart.read()
+            self._rx_busy_s += self.wire_time(len(data))
+            self._buffer += data
             self._consume()
 
     def _consume(self) -> None:
@@ -146,11 +164,11 @@ class AtClient:
                 del self._buffer[0]
                 continue
             pending = self._pending
-            if self._buffer[0] == ord(">") and pending is not None and not pending.prompt.is_set():
+            if self._buffer[0] == ord(">") and pending is not None and not pending.prompt.done():
                 del self._buffer[:1]
                 if self._buffer[:1] == b" ":
                     del self._buffer[:1]
-                pending.prompt.set()
+                pending.prompt.set_result(None)
                 continue
             end = self._buffer.find(b"\n")
             if end < 0:
@@ -166,6 +184,11 @@ class AtClient:
         pending = self._pending
         if line.upper().startswith("AT"):
             return  # echo of our own command (before ATE0)
+        if line == "RDY":
+            if pending is not None:
+                pending.fail(ModemRestarted(f"modem restarted during {_name(pending.command)}"))
+            self._on_urc(line)
+            return
         if pending is None or line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
             if pending is not None and pending.wait_for and not pending.result.done():
                 pending.result.set_exception(AtError(pending.command, [line]))

@@ -48,7 +48,8 @@ BACKTRACE = "Backtrace: 0x42008a1c:0x3fc9b2f0 0x42009b3e:0x3fc9b310 0x4037c2d1:0
 APN = "internet"
 CA_NAME = "ca.pem"
 NETWORK_POLLS = 15  # registration polls, RETRY_DELAY apart: attaching takes longer than a command
-NETWORK_TIMEOUT_S = 30.0  # for results that cross the network (+CMQTTCONNECT, +CMQTTPUB, ...)
+PUBLISH_TIMEOUT_S = 60  # passed in AT+CMQTTPUB; the module gives up on the broker after it
+RESULT_FLOOR_DELAYS = 4  # a network result is never waited for less than this many retry delays
 MIN_AT_TIMEOUT_S = 0.5
 
 
@@ -107,6 +108,13 @@ class Firmware:
         self._loop = asyncio.get_running_loop()
         self._started_at = self._loop.time()
         self._at_timeout = max(MIN_AT_TIMEOUT_S, self._fw.retry_delay_s)
+        # Results that cross the network (+CMQTTPUB, +CMQTTCONNECT, ...) come within the module's
+        # own publish timeout (scaled like the twin's modem), plus a retry delay for the answer
+        # to arrive; past that the modem is taken for dead, as when its power was cut.
+        self._result_timeout = max(
+            PUBLISH_TIMEOUT_S * options.time_scale + self._fw.retry_delay_s,
+            RESULT_FLOOR_DELAYS * self._fw.retry_delay_s,
+        )
 
     # -- chip lifecycle -----------------------------------------------------------------------
 
@@ -188,7 +196,8 @@ class Firmware:
         self, line: str, data: bytes | None = None, wait_for: str | None = None
     ) -> list[str]:
         return await self._at.command(
-            line, self._at_timeout, data=data, wait_for=wait_for, result_timeout=NETWORK_TIMEOUT_S
+            line, self._at_timeout, data=data, wait_for=wait_for,
+            result_timeout=self._result_timeout,
         )
 
     async def _init_modem(self) -> None:
@@ -277,8 +286,10 @@ class Firmware:
         data = payload.encode()
         qos = self._profile.mqtt.qos if qos is None else qos
         await self._cmd(f"AT+CMQTTTOPIC=0,{len(topic)}", data=topic)
-        await self._cmd(f"AT+CMQTTPAYLOAD=0,{len(data)}", data=data)
-        result = (await self._cmd(f"AT+CMQTTPUB=0,{qos},60", wait_for="+CMQTTPUB:"))[-1]
+        if data:  # the module refuses a zero length; a publish with no payload set sends none
+            await self._cmd(f"AT+CMQTTPAYLOAD=0,{len(data)}", data=data)
+        line = f"AT+CMQTTPUB=0,{qos},{PUBLISH_TIMEOUT_S}"
+        result = (await self._cmd(line, wait_for="+CMQTTPUB:"))[-1]
         if result != "+CMQTTPUB: 0,0":
             raise AtError("AT+CMQTTPUB", [result])
 
@@ -303,7 +314,8 @@ class Firmware:
     # -- running ------------------------------------------------------------------------------
 
     def _on_urc(self, line: str) -> None:
-        if line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
+        # RDY out of the blue: the modem restarted (power came back), its MQTT link is gone.
+        if line == "RDY" or line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
             log.info("modem: %s", line)
             self._inbox.put_nowait(_LOST)
 
@@ -352,7 +364,7 @@ class Firmware:
             except TimeoutError:
                 item = ()
             if item is _LOST:
-                raise LinkLost("+CMQTTCONNLOST")
+                raise LinkLost("the modem reported its MQTT link lost or restarted")
             if item:
                 topic, payload = item
                 await self._dispatch(topic, payload)

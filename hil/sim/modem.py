@@ -27,6 +27,7 @@ MQTT_CLIENTS = 2
 MAX_TOPIC = 1024
 MAX_PAYLOAD = 10240
 IP_ADDRESS = "10.64.12.34"
+PUB_TIMEOUT_S = 60  # AT+CMQTTPUB's default <pub_timeout>
 
 # +CMQTT error codes (modem_facts.md)
 OK, FAILED, NETWORK_NOT_OPENED, CLIENT_INDEX, NO_CONNECTION = 0, 1, 9, 10, 11
@@ -515,6 +516,8 @@ class Sim7600:
         index, client = self._client(cmd)
         assert client is not None
         qos = int(cmd.arg(1, int))
+        # The module's publish timeout, scaled like every other modem delay of the twin.
+        timeout = int(cmd.arg(2, int, PUB_TIMEOUT_S)) * self._time_scale
         retain = bool(cmd.arg(3, int, 0))
         if client.topic is None:
             raise CmqttError(TOPIC_EMPTY, index)
@@ -526,7 +529,7 @@ class Sim7600:
         self._ok()
 
         async def publish() -> None:
-            code = await session.publish(topic, payload, qos, retain)
+            code = await session.publish(topic, payload, qos, timeout, retain)
             self._urc(f"+CMQTTPUB: {index},{code}")
 
         self._later(publish)

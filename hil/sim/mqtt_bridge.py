@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
@@ -21,6 +22,8 @@ CONNECT_TIMEOUT_S = 10.0
 # CONNACK refusal codes (MQTT 3.1/3.1.1) to the modem's +CMQTTCONNECT error codes.
 _REFUSED = {1: 27, 2: 28, 3: 29, 4: 30, 5: 31}
 SOCK_CONNECT_FAIL = 3
+NO_CONNECTION = 11
+TIMEOUT = 17
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class BrokerSession:
         self._on_lost = on_lost
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
+        self._closed = asyncio.Event()
 
     async def connect(self) -> int:
         """Connect; 0 or the modem's error code for the failure."""
@@ -85,30 +89,49 @@ class BrokerSession:
             if not self._closing:
                 self._on_lost()
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
-        try:
-            await self._client.publish(topic, payload, qos=qos, retain=retain)
-        except aiomqtt.MqttError:
-            return 11
-        return 0
+    async def publish(
+        self, topic: str, payload: bytes, qos: int, timeout: float, retain: bool = False
+    ) -> int:
+        """0 once the broker has it (PUBACK at QoS 1); 17 when that takes over `timeout`."""
+        return await self._exchange(
+            self._client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf),
+            timeout,
+        )
 
     async def subscribe(self, topics: list[tuple[str, int]]) -> int:
-        try:
-            await self._client.subscribe(topics)
-        except aiomqtt.MqttError:
-            return 11
-        return 0
+        return await self._exchange(self._client.subscribe(topics), None)
 
     async def unsubscribe(self, topics: list[str]) -> int:
+        return await self._exchange(self._client.unsubscribe(topics), None)
+
+    async def _exchange(self, operation: Awaitable[object], timeout: float | None) -> int:
+        """The modem's result code for one request to the broker.
+
+        aiomqtt waits for an acknowledgement even after the connection died; a session that
+        was aborted or closed answers at once instead, so the modem's FIFO to the broker never
+        waits behind a request of a connection that no longer exists.
+        """
+        request = asyncio.ensure_future(operation)
+        closed = asyncio.ensure_future(self._closed.wait())
         try:
-            await self._client.unsubscribe(topics)
-        except aiomqtt.MqttError:
-            return 11
+            done, _ = await asyncio.wait(
+                {request, closed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for task in (request, closed):
+                task.cancel()
+            await asyncio.gather(request, closed, return_exceptions=True)
+        if request not in done:
+            return NO_CONNECTION if closed in done else TIMEOUT
+        if request.cancelled() or isinstance(request.exception(), aiomqtt.MqttError):
+            return NO_CONNECTION
+        request.result()
         return 0
 
     async def disconnect(self) -> None:
         """A clean MQTT DISCONNECT, as AT+CMQTTDISC sends."""
         self._closing = True
+        self._closed.set()
         await self._stop_reader()
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             await self._client.__aexit__(None, None, None)
@@ -116,6 +139,7 @@ class BrokerSession:
     async def abort(self) -> None:
         """Drop the TCP connection with no DISCONNECT, as a modem losing power does."""
         self._closing = True
+        self._closed.set()
         await self._stop_reader()
         # aiomqtt offers no abort; shut the socket under paho so the broker sees the link die.
         sock = self._client._client.socket()

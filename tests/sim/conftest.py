@@ -37,7 +37,9 @@ def start_twin(
     cleanups: list[Callable[[], None]] = []
     endpoint: BrokerEndpoint = mosquitto.endpoint  # type: ignore[attr-defined]
 
-    def start(faults: list[str] | None = None, version: str = "1.0.0") -> VirtualRig:
+    def start(
+        faults: list[str] | None = None, version: str = "1.0.0", rtt_ms: float = 0.0
+    ) -> VirtualRig:
         n = next(_counter)
         profile = load_profile(overrides={
             "firmware": FAST_FIRMWARE,
@@ -52,7 +54,9 @@ def start_twin(
         cleanups.append(status.close)
         twin = TwinProcess()
         cleanups.append(twin.stop)
-        options = SimOptions(firmware_version=version, time_scale=TIME_SCALE, faults=faults or [])
+        options = SimOptions(
+            firmware_version=version, time_scale=TIME_SCALE, rtt_ms=rtt_ms, faults=faults or []
+        )
         ports = twin.start(tmp_path / f"twin{n}", f"{endpoint.host}:{endpoint.port}", profile,
                            options)
         console = ConsoleLog(ports.console)

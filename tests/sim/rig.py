@@ -92,8 +92,9 @@ class StatusWatch:
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self._proc = subprocess.Popen(
+            # -F %p: one line per message, an empty one for an empty payload (legal MQTT).
             ["stdbuf", "-oL", "mosquitto_sub", "-d", "-h", host, "-p", str(port), "-t", topic,
-             "-q", "1"],
+             "-q", "1", "-F", "%p"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self._thread = threading.Thread(target=self._run, daemon=True)

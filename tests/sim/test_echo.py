@@ -29,3 +29,15 @@ def test_bad_base64_is_refused_and_echo_still_works(start_twin):
     smark = rig.status.mark()
     rig.command(openssl_encrypt("after", rig.key, rig.iv))
     rig.status.expect("after", rig.timeout, smark)
+
+
+def test_empty_plaintext_is_echoed_as_an_empty_payload(start_twin):
+    """An empty MQTT payload is legal: the device publishes it without AT+CMQTTPAYLOAD."""
+    rig = start_twin()
+    mark = rig.status.mark()
+    rig.command(openssl_encrypt("", rig.key, rig.iv))
+    first, plain = rig.status.expect(lambda m: True, rig.timeout, mark)
+    assert plain == ""
+    _, reply = rig.status.expect(lambda m: True, rig.timeout, first + 1)
+    assert openssl_decrypt(reply, rig.key, rig.iv) == b"ESP32_"
+    assert not any(m.startswith("STATUS:ONLINE") for m in rig.status.messages[mark:])
