@@ -78,7 +78,7 @@ def run_suites(tmp_path: Path, rig: Path, targets: list[str]) -> dict[str, str]:
 
 def test_all_suites_pass_on_good_firmware(tmp_path: Path) -> None:
     outcomes = run_suites(tmp_path, ROOT / "rigs" / "sim.toml", [str(SUITES)])
-    assert len(outcomes) >= 40
+    assert len(outcomes) >= 30, f"only {len(outcomes)} suite tests ran"
     bad = {name: kind for name, kind in outcomes.items() if kind != "passed"}
     assert not bad, f"suites not green on the fault-free twin: {bad}"
 
