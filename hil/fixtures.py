@@ -33,8 +33,7 @@ def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
 
         check_rig(rig, store.root / "_doctor")
     workdir = store.root / "_rig"
-    with RigSession(rig, workdir) as session:
-        session.console.sink = store.sink("console.log")
+    with RigSession(rig, workdir, console_sink=store.sink("console.log")) as session:
         yield session
 
 

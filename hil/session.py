@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hil.console import ConsoleBuffer
 from hil.lock import RigLock
 from hil.power import PowerDriver
 from hil.rig import Rig
+from hil.sim.process import TwinProcess
 
 log = logging.getLogger("hil.session")
 
@@ -25,25 +27,28 @@ log = logging.getLogger("hil.session")
 class RigSession:
     """The open resources of one rig; `rig` is updated with the twin's real port paths."""
 
-    def __init__(self, rig: Rig, workdir: Path) -> None:
+    def __init__(
+        self, rig: Rig, workdir: Path, console_sink: Callable[[str], None] | None = None
+    ) -> None:
         self.rig = rig
         self.workdir = workdir
+        self.console_sink = console_sink  # gets every console line, from the first boot line on
         self.broker: BrokerDriver | None = None
         self.endpoint: BrokerEndpoint | None = None
-        self.twin: Any = None
+        self.twin: TwinProcess | None = None
         self.power: PowerDriver | None = None
         self.console: ConsoleBuffer | None = None
         self._stack = contextlib.ExitStack()
 
-    def start(self, console_sink=None) -> RigSession:
+    def start(self) -> RigSession:
         try:
-            self._start(console_sink)
+            self._start()
         except BaseException:
             self.close()
             raise
         return self
 
-    def _start(self, console_sink) -> None:
+    def _start(self) -> None:
         rig = self.rig
         lock = RigLock(rig.path, rig.name)
         lock.acquire()
@@ -53,8 +58,6 @@ class RigSession:
         self.endpoint = self.broker.start()
         log.info("broker %s (%s)", self.endpoint, rig.broker.name)
         if rig.sim is not None:
-            from hil.sim.process import TwinProcess
-
             self.twin = TwinProcess()
             self._stack.callback(self.twin.stop)
             sim_dir = self.workdir / "sim"
@@ -76,7 +79,7 @@ class RigSession:
             self._stack.callback(self._power_back_on)
             self.power.on()
         self.console = rig.console.cls(rig.console.options, rig.profile)
-        self.console.sink = console_sink
+        self.console.sink = self.console_sink
         if rig.sim is None:
             self.console.open()
             self._stack.callback(self.console.close)
