@@ -104,3 +104,52 @@ def test_missing_port_is_a_clear_error(tmp_path) -> None:
     con = SerialConsole(SerialOptions(port=str(tmp_path / "ttyACM7")), PROFILE)
     with pytest.raises(ConsoleError, match=r"ttyACM7.*\[console\]"):
         con.open(timeout=0.2)
+
+
+async def test_port_found_by_udev_identity_comes_back_at_a_new_path(tmp_path, monkeypatch) -> None:
+    """An ESP32-S3 reset re-enumerates: same USB identity, maybe another /dev/ttyACM number."""
+    import hil.discovery
+    from hil.discovery import SerialDevice
+
+    from .conftest import PtyPort
+
+    first = PtyPort(tmp_path / "ttyACM0")
+    second: PtyPort | None = None
+    present: list[PtyPort] = [first]
+
+    def find_port(match, context=None):
+        assert (match.vendor_id, match.product_id, match.serial) == ("303a", "1001", "F4:12")
+        if not present:
+            return None
+        link = str(present[0].link)
+        return SerialDevice(link, None, "303a", "1001", "F4:12", "00", "cdc_acm", None, None)
+
+    monkeypatch.setattr(hil.discovery, "find_port", find_port)
+    options = SerialOptions(
+        match={"vendor_id": "303a", "product_id": "1001", "serial": "F4:12"}, reappear_s=3.0
+    )
+    con = SerialConsole(options, PROFILE)
+    con.open(timeout=2)
+    try:
+        first.write_line("Rebooting...")
+        await con.expect("Rebooting", timeout=2)
+        first.vanish()
+        present.clear()
+        await asyncio.sleep(AWAY_S)  # the board is off the bus for a while (the stimulus)
+        second = PtyPort(tmp_path / "ttyACM1")
+        present.append(second)
+        await until(lambda: con.reopened == 1, 3, "reopening at the new path")
+        with con.reboot_expected():
+            second.write_line("rst:0xc (RTC_SW_CPU_RST),boot:0x8 (SPI_FAST_FLASH_BOOT)")
+            await con.expect("RTC_SW_CPU_RST", timeout=2)
+        assert con.incidents == []
+        assert con.port_path == str(tmp_path / "ttyACM1")
+        texts = [line.text for line in con.lines]
+        assert texts.index("Rebooting...") < texts.index(
+            "rst:0xc (RTC_SW_CPU_RST),boot:0x8 (SPI_FAST_FLASH_BOOT)"
+        )
+    finally:
+        con.close()
+        first.close()
+        if second:
+            second.close()
