@@ -149,9 +149,18 @@ class Run:
 
 
 def with_rtt(rig: Rig, rtt_ms: float) -> Rig:
+    """The rig with its twin at `rtt_ms`, under a name of its own.
+
+    The twins run side by side, each with its own ports; the rig lock is keyed by the rig's
+    path, so each gets its own path or the second would find the rig taken by the first.
+    """
     if rig.sim is None:
         raise Refusal(f"rig {rig.path} has no [sim] table: the benchmark runs on the twin")
-    return dataclasses.replace(rig, sim=dataclasses.replace(rig.sim, rtt_ms=rtt_ms))
+    return dataclasses.replace(
+        rig,
+        path=rig.path.with_name(f"{rig.path.stem}.rtt{rtt_ms:g}{rig.path.suffix}"),
+        sim=dataclasses.replace(rig.sim, rtt_ms=rtt_ms),
+    )
 
 
 async def runs_at(session: RigSession, rtt_ms: float, windows: list[int], size: int) -> list[Run]:

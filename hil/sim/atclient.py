@@ -75,16 +75,21 @@ class AtClient:
         uart: UartEnd,
         on_urc: Callable[[str], None],
         on_message: Callable[[str, bytes], None],
+        late_results: tuple[str, ...] = (),
     ) -> None:
         self._uart = uart
         self._on_urc = on_urc
         self._on_message = on_message
+        # Result prefixes of commands whose result the caller collects itself, after OK: such a
+        # line may arrive in the middle of a later command and is never part of its answer.
+        self._late_results = late_results
+        self.last_rx = 0.0  # loop time the modem last sent anything: it was alive then
         self._lock = asyncio.Lock()
         self._pending: _Pending | None = None
         self._buffer = bytearray()
         self._raw: tuple[int, Callable[[bytes], None]] | None = None
         self._rx: _Rx | None = None
-        self._rx_busy_s = 0.0  # total wire time of everything received so far
+        self.rx_busy_s = 0.0  # total wire time of everything received so far
 
     def wire_time(self, size: int) -> float:
         return size * BITS_PER_BYTE / self._uart.baud
@@ -128,10 +133,10 @@ class AtClient:
         wire time, but a modem that talks without answering still runs out of time.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout - self._rx_busy_s
+        deadline = loop.time() + timeout - self.rx_busy_s
         try:
             while True:
-                left = deadline + self._rx_busy_s - loop.time()
+                left = deadline + self.rx_busy_s - loop.time()
                 if left <= 0:
                     raise AtTimeout(f"no answer to {_name(line)} within {timeout:.1f} s")
                 done, _ = await asyncio.wait({future}, timeout=left)
@@ -145,7 +150,8 @@ class AtClient:
         """Read the UART for ever and dispatch what arrives."""
         while True:
             data = await self._uart.read()
-            self._rx_busy_s += self.wire_time(len(data))
+            self.last_rx = asyncio.get_running_loop().time()
+            self.rx_busy_s += self.wire_time(len(data))
             self._buffer += data
             self._consume()
 
@@ -198,7 +204,7 @@ class AtClient:
             if not pending.result.done():
                 pending.result.set_result(line)
             return
-        if pending.final.done():
+        if pending.final.done() or line.startswith(self._late_results):
             self._on_urc(line)
         elif line == "OK":
             pending.final.set_result(True)

@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from hil.profile import DeviceProfile
@@ -72,7 +73,7 @@ class Restart(Exception):
     """The chip restarts (esp_restart or a panic)."""
 
 
-_LOST = None  # inbox sentinel: +CMQTTCONNLOST / +CMQTTNONET arrived
+PUBLISH_RESULT = "+CMQTTPUB:"
 
 
 class Firmware:
@@ -98,8 +99,12 @@ class Firmware:
         self._username = username
         self._password = password
         self._software_reset = software_reset
-        self._at = AtClient(uart, self._on_urc, self._on_message)
-        self._inbox: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue()
+        self._at = AtClient(uart, self._on_urc, self._on_message, late_results=(PUBLISH_RESULT,))
+        # Messages in arrival order, or the news that the link is gone (raised where it is read).
+        self._inbox: asyncio.Queue[tuple[str, bytes] | LinkLost] = asyncio.Queue()
+        # Publishes whose +CMQTTPUB result has not come yet, oldest first (the module answers
+        # them in order), as the result deadline less the UART's busy time when it was made.
+        self._unconfirmed: deque[float] = deque()
         self._echo = Echo(profile.crypto, self._faults)
         self._ota = OtaReceiver(profile.ota, self._faults)
         self._pending_status: list[str] = []
@@ -282,16 +287,28 @@ class Firmware:
                 raise StepFailed(result)
 
     async def _publish(self, payload: str, qos: int | None = None) -> None:
+        """Hand one message to the module; returns at its OK.
+
+        The `+CMQTTPUB: 0,<err>` result follows once the broker acknowledged (a cellular round
+        trip at QoS 1). Waiting for it here would hold every answer, and so every OTA chunk, a
+        round trip; it is collected as a URC instead (`_on_urc`), within the publish timeout.
+        """
         topic = self._profile.mqtt.status_topic.encode()
         data = payload.encode()
         qos = self._profile.mqtt.qos if qos is None else qos
         await self._cmd(f"AT+CMQTTTOPIC=0,{len(topic)}", data=topic)
         if data:  # the module refuses a zero length; a publish with no payload set sends none
             await self._cmd(f"AT+CMQTTPAYLOAD=0,{len(data)}", data=data)
-        line = f"AT+CMQTTPUB=0,{qos},{PUBLISH_TIMEOUT_S}"
-        result = (await self._cmd(line, wait_for="+CMQTTPUB:"))[-1]
-        if result != "+CMQTTPUB: 0,0":
-            raise AtError("AT+CMQTTPUB", [result])
+        await self._cmd(f"AT+CMQTTPUB=0,{qos},{PUBLISH_TIMEOUT_S}")
+        self._unconfirmed.append(self._loop.time() + self._result_timeout - self._at.rx_busy_s)
+
+    def _result_deadline(self) -> float | None:
+        """When the oldest publish's result is overdue: the module queues it behind the URCs
+        it already holds, so the UART time spent bringing those extends the wait, as for
+        any answer (AtClient._wait)."""
+        if not self._unconfirmed:
+            return None
+        return self._unconfirmed[0] + self._at.rx_busy_s
 
     # -- recovery -----------------------------------------------------------------------------
 
@@ -317,7 +334,12 @@ class Firmware:
         # RDY out of the blue: the modem restarted (power came back), its MQTT link is gone.
         if line == "RDY" or line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
             log.info("modem: %s", line)
-            self._inbox.put_nowait(_LOST)
+            self._inbox.put_nowait(LinkLost(f"the modem reported {line}"))
+        elif line.startswith(PUBLISH_RESULT) and self._unconfirmed:  # else a dead session's
+            self._unconfirmed.popleft()
+            if line != f"{PUBLISH_RESULT} 0,0":
+                log.info("modem: %s", line)
+                self._inbox.put_nowait(LinkLost(f"publish failed: {line}"))
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         self._inbox.put_nowait((topic, payload))
@@ -327,7 +349,7 @@ class Firmware:
         kept = []
         while not self._inbox.empty():
             item = self._inbox.get_nowait()
-            if item is not _LOST:
+            if not isinstance(item, LinkLost):
                 kept.append(item)
         for item in kept:
             self._inbox.put_nowait(item)
@@ -341,6 +363,7 @@ class Firmware:
             await self._serve()
         except (LinkLost, AtError, AtTimeout) as exc:
             log.info("link lost: %s", exc)
+        self._unconfirmed.clear()  # their results, if any ever come, belong to a dead session
         self._say("Network lost")
         if self._ota.active:
             step = self._ota.abort("network")
@@ -350,39 +373,86 @@ class Firmware:
         return RECOVER_NETWORK
 
     async def _serve(self) -> None:
-        """Answer messages, check the modem, beat the heart, until the link is lost."""
-        next_check = self._loop.time() + self._fw.retry_delay_s
+        """Answer messages, check the modem, beat the heart, until the link is lost.
+
+        The modem is probed with `AT` only after it has been silent for a retry delay: anything
+        it sends proves it alive, and a probe in the middle of a stream of chunks would wait
+        behind a chunk's URC block for nothing.
+        """
         next_beat = self._loop.time() + self._fw.heartbeat_s
         while True:
+            next_check = self._at.last_rx + self._fw.retry_delay_s
             deadlines = [next_check, next_beat]
             ota_deadline = self._ota.deadline()
             if ota_deadline is not None:
                 deadlines.append(ota_deadline)
+            result_deadline = self._result_deadline()
+            if result_deadline is not None:
+                deadlines.append(result_deadline)
             timeout = max(0.0, min(deadlines) - self._loop.time())
             try:
                 item = await asyncio.wait_for(self._inbox.get(), timeout)
             except TimeoutError:
                 item = ()
-            if item is _LOST:
-                raise LinkLost("the modem reported its MQTT link lost or restarted")
+            if isinstance(item, LinkLost):
+                raise item
             if item:
-                topic, payload = item
-                await self._dispatch(topic, payload)
+                await self._handle([item, *self._waiting()])
             now = self._loop.time()
+            result_deadline = self._result_deadline()
+            if result_deadline is not None and now >= result_deadline:
+                raise AtTimeout(f"no {PUBLISH_RESULT} result within {self._result_timeout:.1f} s")
             if ota_deadline is not None and now >= ota_deadline and self._ota.active:
                 await self._ota_step(self._ota.abort("timeout"))
-            if now >= next_check:
+            if now >= self._at.last_rx + self._fw.retry_delay_s:
                 await self._cmd("AT")
-                next_check = self._loop.time() + self._fw.retry_delay_s
             if now >= next_beat:
                 await self._publish(f"STATUS:HEARTBEAT:{int(now - self._started_at)}")
                 next_beat = now + self._fw.heartbeat_s
 
-    async def _dispatch(self, topic: str, payload: bytes) -> None:
-        if topic == self._profile.mqtt.command_topic:
-            await self._on_command(payload)
-        elif topic == self._profile.mqtt.firmware_topic:
-            await self._ota_step(self._ota.handle(payload, self._loop.time()))
+    def _waiting(self) -> list[tuple[str, bytes] | LinkLost]:
+        """Everything already in the receive queue, taken at once."""
+        items = []
+        while not self._inbox.empty():
+            items.append(self._inbox.get_nowait())
+        return items
+
+    async def _handle(self, items: list[tuple[str, bytes] | LinkLost]) -> None:
+        """Handle messages in order; OTA messages in a row are handled as one batch."""
+        chunks: list[bytes] = []
+        for item in items:
+            if isinstance(item, LinkLost):
+                raise item
+            topic, payload = item
+            if topic == self._profile.mqtt.firmware_topic:
+                chunks.append(payload)
+                continue
+            await self._ota_batch(chunks)
+            chunks = []
+            if topic == self._profile.mqtt.command_topic:
+                await self._on_command(payload)
+        await self._ota_batch(chunks)
+
+    async def _ota_batch(self, payloads: list[bytes]) -> None:
+        """Write the chunks that have arrived, then answer them.
+
+        While the firmware publishes one answer, the next chunks arrive; writing them all and
+        publishing only the PROGRESS of the last chunk written in a row (PROGRESS is cumulative)
+        keeps the AT exchanges from falling behind the UART. REQUESTs, the answers to
+        duplicates and every other answer are published one for one, in order.
+        """
+        batch = Step()
+        for payload in payloads:
+            step = self._ota.handle(payload, self._loop.time())
+            if step.written and batch.written:
+                batch.replies.pop()  # the previous chunk's PROGRESS, superseded by this one
+            batch.replies += step.replies
+            batch.console += step.console
+            batch.written = step.written
+            if step.image is not None:
+                batch.image = step.image
+                break  # the chip restarts: whatever came after is lost with its RAM
+        await self._ota_step(batch)
 
     async def _on_command(self, payload: bytes) -> None:
         if "crash_on_bad_base64" in self._faults and not is_base64(payload.strip()):

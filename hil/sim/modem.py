@@ -111,6 +111,8 @@ class Sim7600:
         sessions = [c.session for c in self.clients.values() if c.session is not None]
         self._reset()
         self._uart.discard_input()
+        self._uart.drop_held()
+        self._uart.hold(False)
         for session in sessions:
             await session.abort()
 
@@ -160,6 +162,9 @@ class Sim7600:
                 continue
             if self.echo:
                 self._uart.write(line.encode("latin-1") + b"\r\n")
+            # Like the module, keep URCs back from a command line to its final result: they
+            # would otherwise split the answer (and the `>` prompt from its OK).
+            self._uart.hold(True)
             self._execute(line)
 
     def _write(self, data: bytes) -> None:
@@ -170,6 +175,7 @@ class Sim7600:
 
     def _ok(self) -> None:
         self._send_line("OK")
+        self._uart.hold(False)
 
     def _error(self, text: str = "operation not allowed") -> None:
         if self.cmee == 2:
@@ -178,6 +184,7 @@ class Sim7600:
             self._send_line("+CME ERROR: 3")
         else:
             self._send_line("ERROR")
+        self._uart.hold(False)
 
     def _prompt(self, size: int, done: Callable[[bytes], None]) -> None:
         """`>` then exactly `size` raw bytes for `done`."""
@@ -200,9 +207,14 @@ class Sim7600:
 
         async def deliver() -> None:
             if generation == self._generation and self.powered:
-                self._send_line(line)
+                self._unsolicited(b"\r\n" + line.encode() + b"\r\n")
 
         self._link.down.send(deliver)
+
+    def _unsolicited(self, data: bytes) -> None:
+        """Unsolicited output waits in the module for a free line, one piece at a time, so the
+        answer to a command sent meanwhile goes out before URCs that have not started yet."""
+        self._uart.write_when_idle(data)
 
     # -- interpreter --------------------------------------------------------------------------
 
@@ -599,7 +611,7 @@ class Sim7600:
         async def deliver() -> None:
             if generation != self._generation or not self.powered:
                 return
-            self._write(
+            self._unsolicited(
                 f"\r\n+CMQTTRXSTART: {index},{len(raw_topic)},{len(payload)}\r\n"
                 f"+CMQTTRXTOPIC: {index},{len(raw_topic)}\r\n".encode()
                 + raw_topic

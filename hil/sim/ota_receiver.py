@@ -21,6 +21,9 @@ class Step:
     replies: list[str] = field(default_factory=list)  # on the status topic, in order
     console: list[str] = field(default_factory=list)
     image: bytes | None = None  # a complete image to boot (after OTA:SUCCESS)
+    # A chunk was written and the one reply is its PROGRESS, which is cumulative: a later written
+    # chunk's PROGRESS says the same and more, so the firmware may send only that one.
+    written: bool = False
 
 
 @dataclass
@@ -95,7 +98,7 @@ class OtaReceiver:
         update.data += data
         update.expected = number + 1
         update.last_progress = ota.progress(number, update.total)
-        return Step([update.last_progress], [f"OTA: chunk {number}/{update.total}"])
+        return Step([update.last_progress], [f"OTA: chunk {number}/{update.total}"], written=True)
 
     def _end(self) -> Step:
         update = self._update

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from hil.protocol import ota
 from hil.protocol.image import build_image
 
@@ -59,3 +61,29 @@ def test_chunk_timeout(start_twin):
     image = build_image("2.0.0", size=IMAGE_SIZE)
     mark = rig.ota_push(image, chunks=[0])
     rig.status.expect(r"OTA:ERROR:timeout", rig.timeout, mark)
+
+
+STREAM_RTT_MS = 400.0
+STREAM_CHUNKS = 16
+STREAM_MAX_ROUND_TRIPS = 8  # one per chunk if each PROGRESS waited for its PUBACK; ~4 if not
+
+
+def test_progress_does_not_wait_for_the_puback(start_twin):
+    """Chunks stream: PROGRESS goes out at the modem's OK, its +CMQTTPUB result comes later.
+
+    All chunks are sent at once. A firmware that waited for each +CMQTTPUB before reading the
+    next chunk would need a round trip per chunk; streaming needs one round trip plus the
+    UART time of the chunks (about 70 ms each, under 3 round trips for 16).
+    """
+    rig = start_twin(rtt_ms=STREAM_RTT_MS)
+    size = STREAM_CHUNKS * rig.profile.ota.chunk_data_size
+    image = build_image("2.0.0", size=size)
+    total = ota.chunk_count(len(image))
+    assert total == STREAM_CHUNKS
+    started = time.monotonic()
+    mark = rig.ota_push(image)
+    index, _ = rig.status.expect(rf"OTA:PROGRESS:{total - 1}/{total}", rig.timeout, mark)
+    round_trips = (time.monotonic() - started) / (STREAM_RTT_MS / 1000)
+    assert round_trips < STREAM_MAX_ROUND_TRIPS, f"{total} chunks: {round_trips:.1f} round trips"
+    rig.firmware(ota.END)
+    rig.status.expect(ota.SUCCESS, rig.timeout, index)
