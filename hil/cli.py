@@ -20,7 +20,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
     import pytest
 
     pytest_args = ["--rig", str(args.rig)]
-    if not any(not a.startswith("-") for a in extra):
+    # Run the suites unless a test path was named (an option's value, like -k's, is not one).
+    if not any(Path(a.split("::")[0]).exists() for a in extra if not a.startswith("-")):
         pytest_args.append("test_suites")
     return int(pytest.main(pytest_args + extra))
 

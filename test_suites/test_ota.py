@@ -20,16 +20,9 @@ pytestmark = [pytest.mark.hil, pytest.mark.asyncio(loop_scope="session")]
 IMAGE_SIZE = 12 * 1024  # a real-format image of 25 chunks: enough for every plan
 _versions = itertools.count(1)
 
-DELIVERED_DESPITE = [
-    "none",
-    "drop_first",
-    "drop_middle",
-    "drop_last",
-    "drop_random_10pct",
-    "drop_burst_5",
-    "duplicate",
-    "reorder",
-]
+# Every sender fault plan except the two that damage the image itself.
+REFUSED = {"corrupt_byte", "truncate"}
+DELIVERED_DESPITE = [name for name in FaultPlan.NAMES if name not in REFUSED]
 # Plans whose dropped chunk is followed by later ones in the window: the device sees the gap.
 GAP_PLANS = {"drop_first", "drop_middle", "drop_burst_5", "drop_random_10pct"}
 

@@ -1,0 +1,52 @@
+"""The hil command line: run's test selection, crypto against openssl, rigs check."""
+
+from pathlib import Path
+
+import pytest
+
+from hil import cli
+
+from .conftest import openssl_encrypt
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("extra", "suites_added"),
+    [
+        ([], True),
+        (["-q", "-p", "no:cacheprovider", "-k", "echo"], True),
+        (["test_suites/test_echo.py::test_status_led_toggles_on_every_message"], False),
+        (["tests/core"], False),
+    ],
+)
+def test_run_adds_the_suites_unless_a_path_is_named(monkeypatch, extra, suites_added) -> None:
+    monkeypatch.chdir(ROOT)
+    seen: list[list[str]] = []
+    monkeypatch.setattr("pytest.main", lambda args: seen.append(args) or 0)
+    assert cli.main(["run", "--rig", "rigs/sim.toml", *extra]) == 0
+    assert ("test_suites" in seen[0]) is suites_added
+    assert seen[0][:2] == ["--rig", "rigs/sim.toml"]
+
+
+def test_crypto_encrypt_matches_openssl(capsys) -> None:
+    assert cli.main(["crypto", "encrypt", "Test Message"]) == 0
+    assert capsys.readouterr().out.strip() == openssl_encrypt(b"Test Message")
+
+
+def test_crypto_decrypt_refuses_bad_input(capsys) -> None:
+    assert cli.main(["crypto", "decrypt", "not base64!"]) == 1
+    assert "cannot decrypt" in capsys.readouterr().err
+
+
+def test_rigs_check_reports_what_it_found(capsys) -> None:
+    assert cli.main(["rigs", "check", str(ROOT / "rigs/bench-esp32s3-sim7600.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "lcus (normally closed)" in out and "rig file OK" in out
+
+
+def test_rigs_check_names_the_bad_key(tmp_path, capsys) -> None:
+    bad = tmp_path / "r.toml"
+    bad.write_text('[console]\ndriver = "serial"\nport = "/dev/x"\n[broker]\ndriver = "nope"\n')
+    assert cli.main(["rigs", "check", str(bad)]) == 1
+    assert "[broker.driver] unknown broker driver 'nope'" in capsys.readouterr().err
