@@ -22,7 +22,6 @@ RIG_KEY = pytest.StashKey[Rig | None]()
 RIG_ORIGIN_KEY = pytest.StashKey[str]()
 STORE_KEY = pytest.StashKey[ArtifactStore]()
 MEASUREMENTS_KEY = pytest.StashKey[Measurements]()
-CONSOLE_MARK_KEY = pytest.StashKey[int]()
 CAPABILITY_HINTS = {
     "power": "it has no [power] table",
     "broker_log": "its broker driver does not report client connections (use mosquitto)",

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-GROUPS = ("console", "power", "broker")
-
 
 class UnknownDriver(LookupError):
     def __init__(self, group: str, name: str, known: list[str]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 MAGIC = 0xE9
 APP_DESC_MAGIC = 0xABCD5432
@@ -59,7 +59,6 @@ class ImageInfo:
     version: str = ""
     project_name: str = ""
     idf_version: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
 
     @property
     def chip(self) -> str:

@@ -16,7 +16,6 @@ class Command:
     name: str  # upper case, with its prefix: "AT", "ATE0", "+CMQTTSTART"
     query: bool = False  # AT+NAME?
     args: tuple[Arg, ...] = ()
-    has_args: bool = False  # AT+NAME=... (even with no values)
 
     def arg(self, index: int, kind: type, default: Arg | None = None) -> Arg:
         """Argument `index` of type `kind`; AtSyntaxError when it is missing or of another type."""
@@ -68,4 +67,4 @@ def parse(line: str) -> Command:
     name, eq, rest = body.partition("=")
     if not eq:
         return Command(name=name.upper())
-    return Command(name=name.upper(), args=_split_args(rest), has_args=True)
+    return Command(name=name.upper(), args=_split_args(rest))
