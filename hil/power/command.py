@@ -34,7 +34,10 @@ class CommandPower(PowerDriver):
             result = subprocess.run(
                 shlex.split(command),
                 capture_output=True,
-                text=True,
+                # Lab scripts and PDU tools print what they like; a stray byte must not hide
+                # the exit status behind a UnicodeDecodeError.
+                encoding="utf-8",
+                errors="replace",
                 timeout=self.options.timeout_s,
                 check=False,
             )
