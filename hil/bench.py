@@ -18,11 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil.cli.ota import KB, Refusal, deliver, device_version, rig_up
 from hil.dut import Dut
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder
 from hil.ota import DEFAULT_WINDOW
-from hil.ota_cli import KB, Refusal, deliver, device_version, rig_up
 from hil.profile import DeviceProfile
 from hil.protocol import ota
 from hil.protocol.image import build_image

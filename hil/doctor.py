@@ -9,12 +9,9 @@ Lab CI runs the same checks before the suites with `pytest --hil-doctor`.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import re
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +21,7 @@ from hil.console import ConsoleBuffer, ConsoleTimeout
 from hil.lock import RigBusy
 from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.power import PowerDriver, PowerError
-from hil.rig import DEFAULT_RIG, Rig, load_rig
+from hil.rig import Rig, load_rig
 from hil.schema import ConfigError
 from hil.session import RigSession
 
@@ -262,26 +259,3 @@ def check_rig(rig: Rig, workdir: Path) -> None:
     if failed:
         rows = "; ".join(f"{c.name}: {c.detail}" for c in failed)
         raise RigError(f"hil doctor: rig {rig.name!r} is not fit for a run: {rows}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="hil doctor", description="Check a rig part by part before trusting it with a run."
-    )
-    parser.add_argument("--rig", type=Path, default=DEFAULT_RIG, help=f"default {DEFAULT_RIG}")
-    parser.add_argument(
-        "--power-consent",
-        action="store_true",
-        help="allow one power cut of the modem to check the relay",
-    )
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="hil-doctor-") as workdir:
-        checks = run_checks(args.rig, Path(workdir), args.power_consent)
-    print(format_table(checks))
-    failed = sum(c.result == FAIL for c in checks)
-    print(f"{failed} check(s) failed" if failed else "rig OK")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

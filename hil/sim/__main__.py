@@ -1,7 +1,7 @@
-"""`python -m hil.sim`: the device twin as a process (see hil.sim.cli)."""
+"""`python -m hil.sim`: the device twin as a process (see hil.cli.sim)."""
 
 import sys
 
-from hil.sim.cli import main
+from hil.cli.sim import main
 
 sys.exit(main())

@@ -36,7 +36,7 @@ def in_testbed(boards: list[str], program: list[str]) -> subprocess.CompletedPro
 
 
 def discover(boards: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    return in_testbed(boards, [sys.executable, "-m", "hil.discovery", *args])
+    return in_testbed(boards, [sys.executable, "-m", "hil.cli.discover", *args])
 
 
 def call(boards: list[str], code: str) -> dict:

@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from hil.broker import free_port
-from hil.doctor import main
+from hil.cli.doctor import main
 from tests.core.conftest import needs_mosquitto
 
 pytest_plugins = ["pytester"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.image_cli import main
+from hil.cli.image import main
 from hil.protocol.image import build_image
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hil import ota_cli
+from hil.cli import ota as ota_cli
 from hil.protocol.image import build_image
 from tests.ota_cli.conftest import PASSWORD, TOPICS
 
