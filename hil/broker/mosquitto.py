@@ -4,14 +4,18 @@ Mosquitto logs every connection with its protocol level (`p1` MQTT 3.1, `p2` 3.1
 which is how the suites check that the device negotiated 3.1.1.
 
 With `tls = true` it listens with TLS like a lab broker: on the rig's `cafile`/`certfile`/
-`keyfile`, or on a CA and certificates made for the session (kept in a private temporary
-folder, not the artifacts, and deleted at stop). `require_certificate = true` makes it ask
-clients for a certificate signed by that CA (mutual TLS, AWS IoT style).
+`keyfile`, or on a CA and certificates made for the session. `require_certificate = true`
+makes it ask clients for a certificate signed by that CA (mutual TLS, AWS IoT style).
+
+Session keys and the password file live in a private temporary folder, not the artifacts, and
+are deleted at stop. The password is hashed here (PBKDF2-SHA512, as `mosquitto_passwd` does):
+given to `mosquitto_passwd -b` it would sit in /proc/<pid>/cmdline for every local user.
 """
 
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import shutil
 import socket
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, TlsFiles, free_port
-from hil.broker.auth import password_from_env
+from hil.broker.auth import check_username, mosquitto_password_line, password_from_env
 from hil.broker.tls import BrokerPki
 from hil.lifetime import die_with_parent
 
@@ -55,6 +59,8 @@ class MosquittoOptions:
     key: str | None = field(default=None, metadata=FILE)
 
     def __post_init__(self) -> None:
+        if self.username is not None:
+            check_username(self.username)
         server = (self.cafile, self.certfile, self.keyfile)
         if any(server) and not all(server):
             raise ValueError("cafile, certfile and keyfile go together (or none: made per session)")
@@ -78,8 +84,14 @@ class MosquittoBroker(BrokerDriver):
     def __init__(self, options: MosquittoOptions, workdir: Path) -> None:
         super().__init__(options, workdir)
         self._process: subprocess.Popen[bytes] | None = None
-        self._pki_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._private_dir: tempfile.TemporaryDirectory[str] | None = None
         self.log_path = workdir / "mosquitto.log"
+
+    def _private(self) -> Path:
+        """A folder only this user can read (mode 0700), for keys and the password file."""
+        if self._private_dir is None:
+            self._private_dir = tempfile.TemporaryDirectory(prefix="hil-broker-")
+        return Path(self._private_dir.name)
 
     def _tls(self) -> tuple[list[str], TlsFiles | None]:
         """The listener's TLS lines and the files a client uses, made here when the rig has none."""
@@ -90,8 +102,7 @@ class MosquittoBroker(BrokerDriver):
             ca, cert, key = Path(o.cafile), Path(o.certfile), Path(o.keyfile)
             client = (Path(o.cert), Path(o.key)) if o.cert and o.key else (None, None)
         else:
-            self._pki_dir = tempfile.TemporaryDirectory(prefix="hil-tls-")
-            pki = BrokerPki.create(Path(self._pki_dir.name), client=o.require_certificate)
+            pki = BrokerPki.create(self._private(), client=o.require_certificate)
             ca, cert, key = pki.ca, pki.server.cert, pki.server.key
             client = (pki.client.cert, pki.client.key) if pki.client else (None, None)
             if o.cert and o.key:
@@ -114,13 +125,11 @@ class MosquittoBroker(BrokerDriver):
             f"log_dest file {self.log_path}",
         ]
         if self.options.username:
-            pwfile = self.workdir / "mosquitto.passwd"
-            pwfile.touch(mode=0o600)
-            subprocess.run(
-                ["mosquitto_passwd", "-b", str(pwfile), self.options.username, password or ""],
-                check=True,
-                capture_output=True,
-            )
+            pwfile = self._private() / "mosquitto.passwd"
+            line = mosquitto_password_line(self.options.username, password or "")
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(line)
             lines += ["allow_anonymous false", f"password_file {pwfile}"]
         else:
             lines.append("allow_anonymous true")
@@ -156,7 +165,7 @@ class MosquittoBroker(BrokerDriver):
                 stderr = self._process.stderr
                 err = stderr.read().decode(errors="replace") if stderr else ""
                 self._process = None
-                self._remove_pki()
+                self._remove_private()
                 raise BrokerError(f"mosquitto exited at start: {err.strip() or self.log_tail()}")
             try:
                 with socket.create_connection((self.options.host, port), timeout=0.2):
@@ -174,12 +183,12 @@ class MosquittoBroker(BrokerDriver):
 
     def stop(self) -> None:
         self._stop_process()
-        self._remove_pki()
+        self._remove_private()
 
-    def _remove_pki(self) -> None:
-        if self._pki_dir is not None:
-            self._pki_dir.cleanup()
-            self._pki_dir = None
+    def _remove_private(self) -> None:
+        if self._private_dir is not None:
+            self._private_dir.cleanup()
+            self._private_dir = None
 
     def _stop_process(self) -> None:
         if self._process is None:
