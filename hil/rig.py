@@ -23,7 +23,8 @@ from hil.schema import ConfigError
 from hil.sim.options import SimOptions
 
 SIM_DIR = "{sim}"
-SECTIONS = ("rig", "console", "power", "broker", "profile", "limits", "sim")
+DRIVER_GROUPS = {"board_power": "power"}  # a rig section whose drivers come from another group
+SECTIONS = ("rig", "console", "power", "board_power", "reset", "broker", "profile", "limits", "sim")
 DEFAULT_RIG = Path("rigs/sim.toml")
 
 
@@ -55,6 +56,19 @@ class Rig:
     profile: DeviceProfile
     sim: SimOptions | None
     capabilities: frozenset[str] = field(default_factory=frozenset)
+    board_power: DriverConfig | None = None  # the whole device's supply, for a cold boot
+    board_power_common: CommonPowerOptions = field(default_factory=CommonPowerOptions)
+    reset: DriverConfig | None = None  # the chip's reset line, or a command that resets it
+
+    @property
+    def reset_means(self) -> list[str]:
+        """How bring-up can put the device in a known state, best first."""
+        means = []
+        if self.board_power:
+            means.append("board power cycle")
+        if self.reset:
+            means.append(f"reset ({self.reset.name})")
+        return means
 
     @property
     def name(self) -> str:
@@ -70,6 +84,8 @@ class Rig:
             self,
             console=_substitute(self.console, sim_dir),
             power=_substitute(self.power, sim_dir) if self.power else None,
+            board_power=_substitute(self.board_power, sim_dir) if self.board_power else None,
+            reset=_substitute(self.reset, sim_dir) if self.reset else None,
         )
 
     def summary(self) -> list[str]:
@@ -80,6 +96,18 @@ class Rig:
             lines.append(f"  power:   {self.power.name}{nc} {_options_text(self.power.options)}")
         else:
             lines.append("  power:   none (tests that need power control are skipped)")
+        if self.board_power:
+            nc = " (normally closed)" if self.board_power_common.normally_closed else ""
+            lines.append(
+                f"  board:   {self.board_power.name}{nc} {_options_text(self.board_power.options)}"
+            )
+        if self.reset:
+            lines.append(f"  reset:   {self.reset.name} {_options_text(self.reset.options)}")
+        if not self.reset_means:
+            lines.append(
+                "  bring-up: no [board_power] or [reset]: the run trusts a retained "
+                "STATUS:ONLINE, if the broker holds one"
+            )
         lines.append(f"  broker:  {self.broker.name} {_options_text(self.broker.options)}")
         lines.append(f"  profile: {self.profile.name}")
         if self.sim:
@@ -111,21 +139,24 @@ def _substitute(config: DriverConfig, sim_dir: Path) -> DriverConfig:
     return dataclasses.replace(config, options=dataclasses.replace(config.options, **changes))
 
 
-def _driver(group: str, table: dict[str, Any], rig_dir: Path, extra: tuple[str, ...] = ()):
+def _driver(section: str, table: dict[str, Any], rig_dir: Path, extra: tuple[str, ...] = ()):
+    group = DRIVER_GROUPS.get(section, section)
     table = dict(table)
     name = table.pop("driver", None)
     if name is None:
-        raise ConfigError(f"{group}.driver", f"missing; installed: {registry.driver_names(group)}")
+        raise ConfigError(
+            f"{section}.driver", f"missing; installed: {registry.driver_names(group)}"
+        )
     if not isinstance(name, str):
-        raise ConfigError(f"{group}.driver", f"expected a string, got {name!r}")
+        raise ConfigError(f"{section}.driver", f"expected a string, got {name!r}")
     if group == "broker" and name == "auto":
         name = "mosquitto" if shutil.which("mosquitto") else "embedded"
     try:
         cls = registry.resolve(group, name)
     except registry.UnknownDriver as exc:
-        raise ConfigError(f"{group}.driver", str(exc)) from None
+        raise ConfigError(f"{section}.driver", str(exc)) from None
     own = {k: v for k, v in table.items() if k not in extra}
-    options = schema.load(cls.Options, _resolve_paths(cls.Options, own, rig_dir, group), group)
+    options = schema.load(cls.Options, _resolve_paths(cls.Options, own, rig_dir, section), section)
     return DriverConfig(name, cls, options), {k: v for k, v in table.items() if k in extra}
 
 
@@ -157,11 +188,9 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     if "console" not in data:
         raise ConfigError("console", "missing; a rig needs a [console] table")
     console, _ = _driver("console", data["console"], rig_dir)
-    power = None
-    common = CommonPowerOptions()
-    if "power" in data:
-        power, rest = _driver("power", data["power"], rig_dir, extra=("normally_closed",))
-        common = schema.load(CommonPowerOptions, rest, "power")
+    power, common = _power_table(data, "power", rig_dir)
+    board_power, board_common = _power_table(data, "board_power", rig_dir)
+    reset = _driver("reset", data["reset"], rig_dir)[0] if "reset" in data else None
     if "broker" not in data:
         raise ConfigError("broker", "missing; a rig needs a [broker] table")
     broker, _ = _driver("broker", data["broker"], rig_dir)
@@ -177,15 +206,45 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         ) from None
     sim = schema.load(SimOptions, data["sim"], "sim") if "sim" in data else None
     if sim is None:
-        for config, group in ((console, "console"), (power, "power")):
+        for config, group in (
+            (console, "console"),
+            (power, "power"),
+            (board_power, "board_power"),
+            (reset, "reset"),
+        ):
             if config and SIM_DIR in _options_text(config.options):
                 raise ConfigError(group, "uses {sim} but the rig has no [sim] table to start one")
     caps = {"console", "mqtt"}
     if power:
         caps.add("power")
+    if board_power:
+        caps.add("board_power")
     if getattr(broker.cls, "reports_connections", False):
         caps.add("broker_log")
-    return Rig(path, info, console, power, common, broker, profile, sim, frozenset(caps))
+    return Rig(
+        path,
+        info,
+        console,
+        power,
+        common,
+        broker,
+        profile,
+        sim,
+        frozenset(caps),
+        board_power=board_power,
+        board_power_common=board_common,
+        reset=reset,
+    )
+
+
+def _power_table(
+    data: dict[str, Any], section: str, rig_dir: Path
+) -> tuple[DriverConfig | None, CommonPowerOptions]:
+    """`[power]` (the modem's supply) and `[board_power]` (the device's) share one form."""
+    if section not in data:
+        return None, CommonPowerOptions()
+    config, rest = _driver(section, data[section], rig_dir, extra=("normally_closed",))
+    return config, schema.load(CommonPowerOptions, rest, section)
 
 
 def load_rig(path: str | Path) -> Rig:

@@ -1,16 +1,21 @@
 """The device's serial console through pyserial, surviving USB re-enumeration.
 
 An ESP32-S3's native USB port vanishes on every reset and may come back under another
-/dev/ttyACM number. The reader thread notices the port going, finds it again (same path, or
-the same udev identity when the rig gives `match`), reopens it and carries on; a device that
-stays away longer than `reappear_s` fails whatever test is waiting on it.
+/dev/ttyACM number. The reader thread notices the port going (a read error, or the rig's path
+now pointing at another device node), finds it again (same path, or the same udev identity
+when the rig gives `match`), reopens it and carries on; a device that stays away longer than
+`reappear_s` fails whatever test is waiting on it. What the chip prints while the port is away
+is lost, as on the hardware: only `survives_reset = true` (a UART bridge board, whose port
+stays) lets bring-up and the suites rely on boot banners.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,7 @@ class SerialOptions:
     match: dict[str, str] = field(default_factory=dict)  # vendor_id, product_id, serial, interface
     baud: int = 115200
     reappear_s: float = 30.0  # how long the port may stay away (reset, OTA reboot)
+    survives_reset: bool = False  # a UART bridge keeps its port (and boot banners) across resets
 
     def __post_init__(self) -> None:
         if bool(self.port) == bool(self.match):
@@ -60,7 +66,9 @@ class SerialConsole(ConsoleBuffer):
         self._serial: serial.Serial | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._partial = b""
+        self._partial = bytearray()
+        self._io = threading.Lock()  # held by the reader around each read; lend_port takes it
+        self._node: str | None = None  # the device node the rig's path pointed at when opened
         self.port_path: str | None = None
         self.reopened = 0
 
@@ -77,12 +85,20 @@ class SerialConsole(ConsoleBuffer):
         path = self._find_port()
         if path is None:
             return False
+        node = os.path.realpath(path)
         try:
-            self._serial = serial.Serial(path, self.options.baud, timeout=self.POLL_S)
+            # exclusive: a second reader (a terminal left open) would steal lines from the run
+            self._serial = serial.Serial(
+                path, self.options.baud, timeout=self.POLL_S, exclusive=True
+            )
         except (serial.SerialException, OSError):
             return False
-        self.port_path = path
+        self.port_path, self._node = path, node
         return True
+
+    def _moved(self) -> bool:
+        """The rig's path now names another device node (a symlink re-made on re-enumeration)."""
+        return self.options.port is not None and os.path.realpath(self.options.port) != self._node
 
     def open(self, timeout: float | None = None) -> None:
         """Open the port (waiting up to `timeout`, default reappear_s) and start reading."""
@@ -119,14 +135,29 @@ class SerialConsole(ConsoleBuffer):
                 self._wait_for_port()
                 continue
             try:
-                data = self._serial.read(max(1, self._serial.in_waiting))
+                with self._io:
+                    data = self._serial.read(max(1, self._serial.in_waiting))
+                gone = self._moved()
             except (serial.SerialException, OSError, TypeError):
-                self._flush_partial()
-                self._close_port()
-                self.note(f"console port {self.port_path} vanished; waiting for it to come back")
-                continue
+                data, gone = b"", True
             if data:
                 self._take(data)
+            if gone:
+                self._flush_partial()
+                self._close_port()
+                self.port_vanished(
+                    f"console port {self.port_path} vanished; waiting for it to come back"
+                )
+
+    @contextlib.contextmanager
+    def lend_port(self) -> Iterator[serial.Serial]:
+        """The open pyserial port, with the reader paused, for a reset pulse or a flasher."""
+        with self._io:
+            if self._serial is None:
+                raise ConsoleError(
+                    f"console port {self.options.describe()} is not open (the device is away)"
+                )
+            yield self._serial
 
     def _wait_for_port(self) -> None:
         deadline = time.monotonic() + self.options.reappear_s
@@ -151,15 +182,24 @@ class SerialConsole(ConsoleBuffer):
             self._stop.wait(self.POLL_S)
 
     def _take(self, data: bytes) -> None:
-        self._partial += data
-        *complete, self._partial = self._partial.split(b"\n")
+        """Split what came into lines, looking only at the new bytes (never the whole line so
+        far), and cut a line that grows past MAX_LINE so memory stays bounded."""
+        *complete, rest = data.split(b"\n")
         for raw in complete:
-            self.feed(raw.rstrip(b"\r").decode("utf-8", "replace"))
+            self._partial += raw
+            self._emit()
+        self._partial += rest
+        if len(self._partial) > self.MAX_LINE:
+            self._emit()
+
+    def _emit(self) -> None:
+        raw, self._partial = bytes(self._partial), bytearray()
+        self.feed(raw.rstrip(b"\r").decode("utf-8", "replace"))
 
     def _flush_partial(self) -> None:
         if self._partial.strip():
-            self.feed(self._partial.rstrip(b"\r").decode("utf-8", "replace"))
-        self._partial = b""
+            self._emit()
+        self._partial = bytearray()
 
     def describe(self) -> str:
         return f"serial console {self.options.describe()} at {self.options.baud} baud"
