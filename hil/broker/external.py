@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,16 @@ from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, TlsFiles
 from hil.broker.auth import password_from_env
 
 FILE = {"file": True}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine, judged from the name alone (no DNS at rig load)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -23,11 +34,35 @@ class ExternalOptions:
     insecure: bool = False  # skip certificate verification; must be written in the rig
     username: str | None = None
     password_env: str | None = None
+    # With tls = false, send the password unencrypted to a host off this machine anyway.
+    plaintext_password: bool = False
     connect_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
+        """Refuse keys that would do nothing, and a password sent in clear off this machine."""
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together (mutual TLS needs both)")
+        if self.tls:
+            if self.insecure and self.ca:
+                raise ValueError(
+                    "ca is never checked with insecure = true; remove insecure to verify the "
+                    "broker against ca, or remove ca"
+                )
+            if self.plaintext_password:
+                raise ValueError("plaintext_password applies only with tls = false; remove it")
+            return
+        tls_only = [k for k in ("ca", "cert", "key", "insecure") if getattr(self, k)]
+        if tls_only:
+            keys = ", ".join(tls_only)
+            raise ValueError(
+                f"TLS keys need tls = true, but tls = false next to {keys}; "
+                f"set tls = true or remove {keys}"
+            )
+        if self.password_env and not self.plaintext_password and not is_loopback(self.host):
+            raise ValueError(
+                f"tls = false would send the password from password_env to {self.host} "
+                "unencrypted; set tls = true, or write plaintext_password = true to accept that"
+            )
 
 
 class ExternalBroker(BrokerDriver):

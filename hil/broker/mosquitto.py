@@ -66,8 +66,14 @@ class MosquittoOptions:
             raise ValueError("cafile, certfile and keyfile go together (or none: made per session)")
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together (mutual TLS needs both)")
-        if not self.tls and (any(server) or self.cert or self.require_certificate):
-            raise ValueError("certificate keys need tls = true")
+        tls_only = ("cafile", "certfile", "keyfile", "cert", "key", "require_certificate")
+        unused = [k for k in tls_only if getattr(self, k)]
+        if not self.tls and unused:
+            keys = ", ".join(unused)
+            raise ValueError(
+                f"certificate keys need tls = true, but tls = false next to {keys}; "
+                f"set tls = true or remove {keys}"
+            )
         if self.require_certificate and self.cafile and not self.cert:
             raise ValueError(
                 "require_certificate with your own cafile needs cert and key: the harness's "
