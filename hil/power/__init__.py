@@ -30,10 +30,13 @@ class PowerDriver(ABC):
 
     Options: ClassVar[type]
 
-    def __init__(self, options: Any, common: CommonPowerOptions, rig_dir: Path) -> None:
+    def __init__(
+        self, options: Any, common: CommonPowerOptions, rig_dir: Path, section: str = "power"
+    ) -> None:
         self.options = options
         self.normally_closed = common.normally_closed
         self.rig_dir = rig_dir
+        self.section = section  # the rig table it came from, for errors: power or board_power
         self.is_on: bool | None = None
 
     def open(self) -> None:

@@ -1,5 +1,6 @@
 """LCUS relay frames against the board's documented bytes, and the driver on a pty."""
 
+import threading
 import time
 
 import pytest
@@ -75,3 +76,86 @@ def test_missing_port_names_it_and_the_fix(tmp_path) -> None:
     relay = LcusRelay(LcusOptions(port=str(tmp_path / "nope")), CommonPowerOptions(), tmp_path)
     with pytest.raises(PowerError, match=r"nope.*\[power\] port"):
         relay.open()
+
+
+def _channel(port, channel: int) -> LcusRelay:
+    relay = LcusRelay(
+        LcusOptions(port=str(port.link), channel=channel), CommonPowerOptions(), port.link.parent
+    )
+    relay.open()
+    return relay
+
+
+def test_two_channels_of_one_board_share_its_port_without_mixing_frames(pty_port) -> None:
+    """[power] on channel 1 and [board_power] on channel 2 of one LCUS-2, switched at once."""
+    modem, board = _channel(pty_port, 1), _channel(pty_port, 2)
+    switches = 6
+
+    def toggle(relay: LcusRelay) -> None:
+        for n in range(switches):
+            relay.set(n % 2 == 0)
+
+    try:
+        threads = [threading.Thread(target=toggle, args=(r,)) for r in (modem, board)]
+        for thread in threads:
+            thread.start()
+        stamps = []
+        frames = []
+        for _ in range(2 * switches):
+            frames.append(_read_frame(pty_port))
+            stamps.append(time.monotonic())
+        for thread in threads:
+            thread.join(5)
+    finally:
+        modem.close()
+        board.close()
+    decoded = [decode_frame(f) for f in frames]  # raises on a torn or mixed frame
+    for channel in (1, 2):
+        assert [on for ch, on in decoded if ch == channel] == [n % 2 == 0 for n in range(switches)]
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert min(gaps) >= 0.05 - 0.01, f"frames closer than the board's 50 ms: {gaps}"
+
+
+def test_closing_one_channel_leaves_the_other_working(pty_port) -> None:
+    modem, board = _channel(pty_port, 1), _channel(pty_port, 2)
+    board.close()
+    try:
+        modem.on()
+        assert _read_frame(pty_port) == encode_frame(1, True)
+    finally:
+        modem.close()
+
+
+def test_a_board_that_re_enumerated_is_reopened_by_path(pty_port) -> None:
+    relay = _channel(pty_port, 1)
+    try:
+        relay.on()
+        assert _read_frame(pty_port) == encode_frame(1, True)
+        pty_port.vanish()
+        pty_port.open()  # back, as another tty node behind the same by-path name
+        relay.off()
+        assert _read_frame(pty_port) == encode_frame(1, False)
+    finally:
+        relay.close()
+
+
+def test_a_board_that_stays_away_is_one_clear_error(tmp_path, pty_port) -> None:
+    relay = LcusRelay(
+        LcusOptions(port=str(pty_port.link), channel=1, reappear_s=0.2),
+        CommonPowerOptions(),
+        tmp_path,
+        section="board_power",
+    )
+    relay.open()
+    try:
+        pty_port.vanish()
+        with pytest.raises(PowerError, match=r"went away and did not come back within 0.2 s"):
+            relay.on()
+    finally:
+        relay.close()
+
+
+@pytest.mark.parametrize("channel", [0, 9, 99])
+def test_a_channel_no_lcus_board_has_is_refused(channel: int) -> None:
+    with pytest.raises(ValueError, match="channel must be 1 to 8"):
+        LcusOptions(port="/dev/null", channel=channel)
