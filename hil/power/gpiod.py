@@ -91,8 +91,8 @@ class GpiodPower(PowerDriver):
 
     @property
     def _table(self) -> str:
-        """The rig table the driver came from: [power], or [board_power] where drivers know it."""
-        return f"[{getattr(self, 'section', 'power')}]"
+        """The rig table the driver came from, [power] or [board_power], for error messages."""
+        return f"[{self.section}]"
 
     def _request_error(self, exc: OSError) -> str:
         chip, line, table = self.options.chip, self.options.line, self._table

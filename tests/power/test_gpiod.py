@@ -56,12 +56,17 @@ def pin_level(normally_closed: bool, active_low: bool, powered: bool = True) -> 
 
 
 def driver(
-    active_low: bool = False, normally_closed: bool = False, chip: str = CHIP, line: int = LINE
+    active_low: bool = False,
+    normally_closed: bool = False,
+    chip: str = CHIP,
+    line: int = LINE,
+    section: str = "power",
 ) -> GpiodPower:
     return GpiodPower(
         GpiodOptions(chip=chip, line=line, active_low=active_low),
         CommonPowerOptions(normally_closed=normally_closed),
         Path("."),
+        section,
     )
 
 
@@ -309,9 +314,10 @@ def test_a_line_held_elsewhere_names_the_fix(kernel: Kernel) -> None:
     first.close()
 
 
-def test_a_line_off_the_chip_names_the_fix(kernel: Kernel) -> None:
-    with pytest.raises(PowerError, match=r"line 99 is not on .*check \[power\] line"):
-        driver(line=99).open()
+@pytest.mark.parametrize("section", ["power", "board_power"])
+def test_a_line_off_the_chip_names_the_fix(kernel: Kernel, section: str) -> None:
+    with pytest.raises(PowerError, match=rf"line 99 is not on .*check \[{section}\] line"):
+        driver(line=99, section=section).open()
     assert kernel.requests == []
 
 
