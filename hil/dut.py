@@ -74,7 +74,7 @@ class Dut:
         return bool(
             self._online.fullmatch(text)
             or self._heartbeat.fullmatch(text)
-            or ota_messages.parse_reply(text)
+            or ota_messages.is_answer_shaped(text)  # malformed too: never taken for an echo
         )
 
     async def wait_online(self, timeout: float | None = None, *, since: int | None = None) -> str:
@@ -159,11 +159,8 @@ class Dut:
             options["window"] = window
         sender = OtaSender.for_profile(self.profile, publish, replies, **options)
         async with self.mqtt.tap(self.topics.status_topic) as raw:
-            task = asyncio.create_task(pump(raw))
-            try:
-                return await sender.push(image)
-            finally:
-                task.cancel()
+            # The sender runs the pump as a task, fails at once if it dies, always collects it.
+            return await sender.push(image, feed=pump(raw))
 
     # -- power -------------------------------------------------------------------------
     def _power(self) -> PowerDriver:

@@ -4,15 +4,17 @@ The device writes chunks strictly in order, so `OTA:PROGRESS:n/total` acknowledg
 up to n (cumulative), and `OTA:REQUEST:n` says all below n are written and n is missing. The
 sender therefore runs go-back-N: on a request or a silent `reply_timeout` it resends from the
 oldest missing chunk. Window 1 is the seed server's stop-and-wait. The sender knows nothing of
-MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed answers.
+MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed answers, and
+runs the coroutine that fills that queue as a task it watches and always collects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +32,17 @@ from hil.protocol.ota import (
     begin,
     chunk_count,
     encode_chunk,
+    error,
     split_image,
 )
+
+log = logging.getLogger("hil.ota")
 
 DEFAULT_WINDOW = 8  # chunks in flight: ~550 ms of UART time, more than a typical LTE round trip
 
 Publish = Callable[[str], Awaitable[None]]
 ProgressCallback = Callable[[int, int, int], None]  # bytes acknowledged, total, retransmissions
+Feed = Coroutine[Any, Any, None]  # puts the device's parsed answers on the reply queue
 
 REASONS = {
     "busy": "an update is already in progress",
@@ -58,9 +64,13 @@ class OtaRefused(OtaError):
 
     def __init__(self, reason: str, step: str) -> None:
         meaning = REASONS.get(reason, "a reason PROTOCOL.md does not list")
-        super().__init__(f"device refused the update at {step}: OTA:ERROR:{reason} ({meaning})")
         self.reason = reason
         self.step = step
+        self.reply = error(reason)  # the device's answer as it was published
+        super().__init__(
+            f"device refused the update at {step}: it answered {self.reply!r} "
+            f"(reason {reason!r}: {meaning})"
+        )
 
 
 class OtaTimeout(OtaError):
@@ -88,6 +98,14 @@ class OtaResult:
     def throughput(self) -> float:
         """Image bytes per second, BEGIN to the device's final answer."""
         return self.size / self.seconds if self.seconds > 0 else math.inf
+
+    def __repr__(self) -> str:
+        """The device's final answer as sent first: what a caller expecting a refusal got."""
+        return (
+            f"OtaResult(answer={str(self.answer)!r}, size={self.size}, chunks={self.chunks}, "
+            f"seconds={self.seconds:.2f}, retransmissions={self.retransmissions}, "
+            f"requests_seen={self.requests_seen}, window={self.window})"
+        )
 
 
 class OtaSender:
@@ -137,15 +155,80 @@ class OtaSender:
         }
         return cls(publish, replies, **(settings | options))
 
-    async def push(self, image: bytes) -> OtaResult:
+    async def push(self, image: bytes, *, feed: Feed | None = None) -> OtaResult:
         """Deliver `image`; raise OtaRefused, OtaTimeout or OtaError if the device does not take it.
 
         Answers already queued from an earlier exchange are discarded first: they would be
-        read as this update's.
+        read as this update's. `feed` is the coroutine that fills the reply queue: it runs as
+        a task for this push only, and if it ends early the push fails at once, naming why,
+        instead of waiting out every retransmission for answers that can no longer come.
         """
         while not self.replies.empty():
             self.replies.get_nowait()
-        return await _Transfer(self, image).run()
+        try:
+            transfer = _Transfer(self, image)
+        except BaseException:
+            if feed is not None:
+                feed.close()  # never started: no "coroutine was never awaited" warning
+            raise
+        if feed is None:
+            return await transfer.run()
+        async with _Feeding(feed, transfer):
+            return await transfer.run()
+
+
+class _Feeding:
+    """The answer task of one push: started with it, watched during it, collected after it.
+
+    If the task ends while the push runs, the push's task is cancelled (as asyncio.timeout
+    does) and the cancellation becomes an OtaError naming the cause. On every exit, also the
+    caller's cancellation, the task is cancelled and awaited and its exception retrieved.
+    """
+
+    def __init__(self, feed: Feed, transfer: _Transfer) -> None:
+        self.feed = feed
+        self.transfer = transfer
+        self.task: asyncio.Task[None] | None = None
+        self.pusher: asyncio.Task[Any] | None = None
+        self.cause: BaseException | None = None
+        self.lost: str | None = None  # how the task ended, when it ended during the push
+
+    async def __aenter__(self) -> None:
+        self.pusher = asyncio.current_task()
+        self.task = asyncio.create_task(self.feed, name="hil-ota-answers")
+        self.task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        exc = None if task.cancelled() else task.exception()  # retrieved: never logged as lost
+        if self.pusher is None:  # the push is over: nothing waits for answers any more
+            if exc is not None:
+                log.warning("OTA answer task failed after its push: %r", exc)
+            return
+        self.cause = exc
+        if task.cancelled():
+            self.lost = "was cancelled"
+        elif exc is not None:
+            self.lost = f"raised {type(exc).__name__}: {exc}"[:300]
+        else:
+            self.lost = "returned"
+        self.pusher.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: Any, tb: Any) -> None:
+        pusher, self.pusher = self.pusher, None
+        assert self.task is not None and pusher is not None
+        self.task.cancel()
+        await asyncio.wait({self.task})
+        if self.lost is None:
+            return
+        if exc_type is not asyncio.CancelledError:  # the body ended before our cancel landed
+            pusher.uncancel()
+            return
+        if pusher.uncancel() == 0:  # ours alone: the caller was not cancelled as well
+            t = self.transfer
+            raise OtaError(
+                f"the task feeding device answers to the OTA sender {self.lost}; the push "
+                f"was abandoned at chunk {t.base} of {t.total}: no answer can reach it now"
+            ) from self.cause
 
 
 class _Transfer:
@@ -277,7 +360,7 @@ class _Transfer:
                 if not self._stale(number):
                     self._go_back(number)
             case Error(reason=reason):
-                raise OtaRefused(reason, f"chunk {self.base}")
+                raise OtaRefused(reason, f"chunk {self.base} of {self.total}")
             case Success():
                 raise OtaError(f"device answered OTA:SUCCESS before {END}")
 
@@ -321,7 +404,8 @@ class _Transfer:
             raise OtaTimeout(
                 f"gave up on chunk {number} of {self.total} after {self.retries[number]} "
                 f"retransmissions: no progress for {now - self.progress_at:.1f} s "
-                f"(reply timeout {self.s.reply_timeout:g} s, last answer: {self.last_answer})",
+                f"(reply timeout {self.s.reply_timeout:g} s, "
+                f"last answer: {self.last_answer or 'none'})",
                 chunk=number,
                 waited=now - self.progress_at,
             )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import math
 import re
 import struct
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 
 CHUNK_DATA_SIZE = 508
 NUMBER = struct.Struct(">I")
+
+log = logging.getLogger("hil.ota")
 
 
 class ChunkError(ValueError):
@@ -60,41 +63,78 @@ END = "OTA:END"
 class Ready:
     size: int
 
+    def __str__(self) -> str:
+        return ready(self.size)
+
 
 @dataclass(frozen=True)
 class Progress:
     number: int
     total: int
 
+    def __str__(self) -> str:
+        return progress(self.number, self.total)
+
 
 @dataclass(frozen=True)
 class Request:
     number: int
 
+    def __str__(self) -> str:
+        return request(self.number)
+
 
 @dataclass(frozen=True)
 class Success:
-    pass
+    def __str__(self) -> str:
+        return SUCCESS
 
 
 @dataclass(frozen=True)
 class Error:
     reason: str
 
+    def __str__(self) -> str:
+        return error(self.reason)
+
 
 OtaReply = Ready | Progress | Request | Success | Error
 
+# Numbers are ASCII digits and at most 10 of them (a u32): `\d` and int() also take other
+# scripts' digits, and int() raises on more than 4300. A reason is one short printable line.
+_NUMBER = r"[0-9]{1,10}"
+MAX_REASON = 200
 _REPLY = re.compile(
-    r"OTA:(?:READY:(?P<ready>\d+)|PROGRESS:(?P<num>\d+)/(?P<total>\d+)"
-    r"|REQUEST:(?P<req>\d+)|(?P<success>SUCCESS)|ERROR:(?P<reason>.*))"
+    rf"OTA:(?:READY:(?P<ready>{_NUMBER})|PROGRESS:(?P<num>{_NUMBER})/(?P<total>{_NUMBER})"
+    rf"|REQUEST:(?P<req>{_NUMBER})|(?P<success>SUCCESS)"
+    rf"|ERROR:(?P<reason>[^\x00-\x1f\x7f]{{0,{MAX_REASON}}}))"
 )
+_ANSWER_WORDS = ("OTA:READY:", "OTA:PROGRESS:", "OTA:REQUEST:", "OTA:SUCCESS", "OTA:ERROR:")
+
+
+def _text(payload: str | bytes) -> str:
+    return (payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload).strip()
+
+
+def is_answer_shaped(payload: str | bytes) -> bool:
+    """Whether the text starts like a device OTA answer, well-formed or not.
+
+    A malformed answer is still the device's OTA channel talking, never an echo reply.
+    """
+    return _text(payload).startswith(_ANSWER_WORDS)
 
 
 def parse_reply(payload: str | bytes) -> OtaReply | None:
-    """The OTA event a status message carries, or None when it is not an OTA answer."""
-    text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else payload
-    m = _REPLY.fullmatch(text.strip())
+    """The OTA event a status message carries, or None when it is not an OTA answer.
+
+    Never raises: device text is untrusted. An answer-shaped line that does not parse is
+    logged on "hil.ota" as unparsed, so a firmware bug shows instead of vanishing.
+    """
+    text = _text(payload)
+    m = _REPLY.fullmatch(text)
     if not m:
+        if text.startswith(_ANSWER_WORDS):
+            log.warning("unparsed OTA answer from the device (%d chars): %r", len(text), text[:80])
         return None
     if m["ready"] is not None:
         return Ready(int(m["ready"]))
