@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from hil.cli.crypto import crypto as crypto_verb
@@ -27,15 +28,32 @@ def _delegate(module: str) -> Callable[[argparse.Namespace, list[str]], int]:
     return run
 
 
+def _version() -> str:
+    try:
+        return version("hil")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hil", description="Hardware-in-the-loop tests for cellular IoT devices."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    run = verbs.add_parser("run", help="run the HIL suites (pytest) against a rig")
+    # Its own -h: `hil run --help` shows these options and then pytest's, which it passes on.
+    run = verbs.add_parser(
+        "run",
+        help="run the HIL suites (pytest) against a rig",
+        add_help=False,
+        usage="hil run [-h] [--rig RIG] [pytest options] [test paths]",
+        description="Run the HIL suites (test_suites/ beside the rig's repository, else beside "
+        "the installed hil) against a rig, or the tests named.",
+    )
+    run.add_argument("-h", "--help", action="store_true", help="show this, then pytest's help")
     run.add_argument("--rig", type=Path, default=DEFAULT_RIG, help=f"default {DEFAULT_RIG}")
-    run.set_defaults(func=run_suites)
+    run.set_defaults(func=run_suites, run_help=run.format_help)
 
     crypto = verbs.add_parser("crypto", help="encrypt or decrypt an echo message")
     crypto.add_argument("action", choices=("encrypt", "decrypt"))

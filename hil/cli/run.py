@@ -1,16 +1,108 @@
-"""`hil run --rig R [pytest args]`: the HIL suites against a rig, through pytest."""
+"""`hil run --rig R [pytest args]`: the HIL suites against a rig, through pytest.
+
+A slip in the arguments must not pass green without touching the rig: the suites are added
+unless pytest itself takes an argument as a test path, and a run that selects no `hil` test
+is an error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+import pytest
+
+import hil
+
+SUITES = "test_suites"
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
-    import pytest
-
+    """pytest with the rig, the suites unless tests are named, and the hil-test check."""
+    if args.help:
+        print(args.run_help(), end="")
+        print("\nEvery other argument goes to pytest, whose options follow.\n", flush=True)
+        return int(pytest.main(["--help"], plugins=[HelpProg()]))
     pytest_args = ["--rig", str(args.rig)]
-    # Run the suites unless a test path was named (an option's value, like -k's, is not one).
-    if not any(Path(a.split("::")[0]).exists() for a in extra if not a.startswith("-")):
-        pytest_args.append("test_suites")
-    return int(pytest.main(pytest_args + extra))
+    if not names_test_paths(pytest_args + extra):
+        try:
+            pytest_args.append(str(find_suites(args.rig)))
+        except LookupError as exc:
+            print(f"hil run: {exc}", file=sys.stderr)
+            return int(pytest.ExitCode.USAGE_ERROR)
+    return int(pytest.main(pytest_args + extra, plugins=[RequireHilTests()]))
+
+
+def names_test_paths(args: list[str]) -> bool:
+    """Whether pytest takes any of `args` as a test path.
+
+    pytest's own parse of the command line (as pytest.main does it: PYTEST_ADDOPTS, addopts,
+    plugin and conftest options) decides, so an option's value is never a path and a missing
+    path still is one. The config is only parsed, never configured, and then dropped.
+    """
+    from _pytest.config import _prepareconfig
+
+    try:
+        config = _prepareconfig(list(args))
+    except Exception:  # a bad argument or conftest: add nothing, pytest.main reports it
+        return True
+    try:
+        return config.args_source is pytest.Config.ArgsSource.ARGS
+    finally:
+        config._ensure_unconfigure()
+
+
+def find_suites(rig: Path) -> Path:
+    """The suites for `rig`: its repository's `test_suites/`, else the installed hil's.
+
+    So `hil run` works from any folder, not only the repository root.
+    """
+    start = rig.resolve().parent
+    for folder in (start, *start.parents):
+        if (folder / SUITES).is_dir():
+            return folder / SUITES
+    installed = Path(hil.__file__).resolve().parents[1] / SUITES
+    if installed.is_dir():
+        return installed
+    raise LookupError(
+        f"no {SUITES}/ folder in {start} or above it, nor at {installed} (beside the installed "
+        f"hil package); name the tests to run: hil run --rig {rig} PATH/TO/{SUITES}"
+    )
+
+
+class HelpProg:
+    """Names `hil run` in pytest's usage line, as that is how its options are given."""
+
+    def pytest_addoption(self, parser: pytest.Parser) -> None:
+        parser.prog = "hil run"
+
+
+class RequireHilTests:
+    """Fails a run that selected no `hil` test: a green `hil run` must have used the rig."""
+
+    def __init__(self) -> None:
+        self.deselected = 0
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
+    @pytest.hookimpl(tryfirst=True)  # after a successful collection, even with --co
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        items = session.items
+        if session.testsfailed or any(item.get_closest_marker("hil") for item in items):
+            return  # collection errors fail the run already
+        if items:
+            shown = ", ".join(item.nodeid for item in items[:3])
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            tests = "1 test" if len(items) == 1 else f"{len(items)} tests"
+            found = f"collected {tests} ({shown}{more}), none of them marked hil"
+        elif self.deselected:
+            found = f"no test selected ({self.deselected} deselected by -k/-m or the like)"
+        else:
+            found = "no test collected"
+        raise pytest.UsageError(
+            f"hil run: {found}, so nothing would run against the rig. Name tests marked "
+            f"@pytest.mark.hil (those in {SUITES}/, or leave test paths out to run them all) "
+            "and check -k/-m."
+        )
