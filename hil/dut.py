@@ -11,6 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from hil.bringup import DeviceState
 from hil.console import ConsoleBuffer
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecord, MqttRecorder
@@ -54,8 +55,13 @@ class Dut:
         mqtt: MqttRecorder,
         power: PowerDriver | None,
         measurements: Measurements,
+        *,
+        state: DeviceState | None = None,
+        restart_banner: bool = False,
     ) -> None:
         self.profile = profile
+        self.state = state  # bring-up's knowledge of the device (its version, how it came up)
+        self.restart_banner = restart_banner  # the console survives resets (a UART bridge)
         self.console = console
         self.mqtt = mqtt
         self.power = power
@@ -89,13 +95,29 @@ class Dut:
         return self.version
 
     async def current_version(self) -> str:
-        """The version the device reports: its last `STATUS:ONLINE`, or the next one it sends."""
+        """The version the device runs: its last `STATUS:ONLINE` since bring-up.
+
+        A real device says it only on (re)connecting, so without bring-up's restart (or a
+        retained message) nothing tells it: that is a rig error (VersionUnknown), not a wait.
+        """
         for record in reversed(self.mqtt.received(self.topics.status_topic)):
             m = self._online.fullmatch(record.text)
             if m:
                 self.version = m["version"]
                 return self.version
-        return await self.wait_online(since=0)
+        if self.state is None:
+            return await self.wait_online(since=0)
+        self.version = self.state.require_version()
+        return self.version
+
+    async def wait_restart(self, timeout: float | None = None, *, since: int) -> None:
+        """Proof the chip restarted after console line `since`: the boot banner where the
+        console survives resets, else its port vanishing (all a native USB console shows)."""
+        await self.console.expect_restart(
+            self.limits.reboot_s if timeout is None else timeout,
+            since=since,
+            banner=self.restart_banner,
+        )
 
     # -- echo --------------------------------------------------------------------------
     async def send_command(self, payload: str | bytes) -> MqttRecord:

@@ -1,7 +1,11 @@
-"""The fixtures suites use: rig, broker, power, console, mqtt, cipher, measurements and dut.
+"""The fixtures suites use: rig, broker, power, board_power, console, mqtt, cipher,
+measurements and dut.
 
 Rig-wide resources live for the session (one bring-up per run); each test gets a fresh
-cursor, so it only sees what happened during it. Registered by the `pytest11` entry point.
+cursor, so it only sees what happened during it. Every rig fixture goes through bring-up
+(`hil_device`): the device is restarted into a known state before the first rig test, and a
+rig that cannot do that makes every rig test error with one diagnosis. Registered by the
+`pytest11` entry point.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
+from hil.bringup import DeviceState, RigDown
 from hil.dut import Dut
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder
-from hil.plugin import MEASUREMENTS_KEY, RIG_KEY, STORE_KEY
+from hil.plugin import DEVICE_KEY, MEASUREMENTS_KEY, RIG_KEY, STORE_KEY
 from hil.protocol.crypto import Cipher
 from hil.rig import Rig
 from hil.schema import ConfigError
@@ -33,8 +38,17 @@ def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
 
         check_rig(rig, store.root / "_doctor")
     workdir = store.root / "_rig"
-    with RigSession(rig, workdir, console_sink=store.sink("console.log")) as session:
+    session = RigSession(rig, workdir, console_sink=store.sink("console.log"))
+    try:
+        session.start()
+    except Exception as exc:  # a rig fault: every rig test errors with this one message
+        raise RigDown(
+            f"rig {rig.name!r} could not be brought up: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
         yield session
+    finally:
+        session.close()
 
 
 @pytest.fixture(scope="session")
@@ -55,8 +69,14 @@ def power(hil_session: RigSession):
     return hil_session.power
 
 
+@pytest.fixture(scope="session")
+def board_power(hil_session: RigSession):
+    """The whole device's power switch ([board_power]), or None on a rig without one."""
+    return hil_session.board_power
+
+
 @pytest.fixture
-def console(hil_session: RigSession):
+def console(hil_session: RigSession, hil_device: DeviceState):
     """The device console with its cursor at the start of this test."""
     hil_session.console.skip()
     return hil_session.console
@@ -66,15 +86,33 @@ def console(hil_session: RigSession):
 async def hil_mqtt(
     hil_session: RigSession, request: pytest.FixtureRequest
 ) -> AsyncIterator[MqttRecorder]:
+    """The recorder, subscribed before bring-up restarts the device, so no answer is missed."""
     profile = hil_session.rig.profile
     client = MqttRecorder(hil_session.endpoint, [profile.mqtt.status_topic])
     client.sink = request.config.stash[STORE_KEY].sink("mqtt.jsonl")
-    async with client:
+    try:
+        await client.__aenter__()
+    except Exception as exc:
+        raise RigDown(f"rig {hil_session.rig.name!r}: {type(exc).__name__}: {exc}") from exc
+    try:
         yield client
+    finally:
+        await client.__aexit__(None, None, None)
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def hil_device(
+    hil_session: RigSession, hil_mqtt: MqttRecorder, request: pytest.FixtureRequest
+) -> DeviceState:
+    """The device restarted into a known state (or the reason it could not be)."""
+    state = DeviceState(hil_session, hil_mqtt)
+    request.config.stash[DEVICE_KEY] = state
+    await state.bring_up()
+    return state
 
 
 @pytest.fixture
-def mqtt(hil_mqtt: MqttRecorder) -> MqttRecorder:
+def mqtt(hil_mqtt: MqttRecorder, hil_device: DeviceState) -> MqttRecorder:
     """The recording MQTT client with its cursor at the start of this test."""
     hil_mqtt.skip()
     return hil_mqtt
@@ -98,6 +136,20 @@ def measurements(request: pytest.FixtureRequest) -> Measurements:
 
 
 @pytest.fixture
-def dut(hil_session: RigSession, console, mqtt: MqttRecorder, measurements: Measurements) -> Dut:
+def dut(
+    hil_session: RigSession,
+    hil_device: DeviceState,
+    console,
+    mqtt: MqttRecorder,
+    measurements: Measurements,
+) -> Dut:
     """The device under test, as the suites talk to it."""
-    return Dut(hil_session.rig.profile, console, mqtt, hil_session.power, measurements)
+    return Dut(
+        hil_session.rig.profile,
+        console,
+        mqtt,
+        hil_session.power,
+        measurements,
+        state=hil_device,
+        restart_banner=getattr(hil_session.rig.console.options, "survives_reset", False),
+    )

@@ -35,6 +35,7 @@ class MqttRecord:
     topic: str
     qos: int
     payload: bytes
+    retain: bool = False  # the broker's stored copy, sent on subscribing, not a live message
 
     @property
     def text(self) -> str:
@@ -217,11 +218,17 @@ class MqttRecorder:
                 payload = payload.encode()
             elif not isinstance(payload, bytes | bytearray):
                 payload = str(payload).encode()
-            await self._add("in", message.topic.value, message.qos, bytes(payload))
+            await self._add(
+                "in", message.topic.value, message.qos, bytes(payload), bool(message.retain)
+            )
 
-    async def _add(self, direction: str, topic: str, qos: int, payload: bytes) -> MqttRecord:
+    async def _add(
+        self, direction: str, topic: str, qos: int, payload: bytes, retain: bool = False
+    ) -> MqttRecord:
         async with self._changed:
-            record = MqttRecord(len(self.records), time.time(), direction, topic, qos, payload)
+            record = MqttRecord(
+                len(self.records), time.time(), direction, topic, qos, payload, retain
+            )
             self.records.append(record)
             self._changed.notify_all()
         if self.sink:
@@ -246,6 +253,13 @@ class MqttRecorder:
     def skip(self) -> None:
         """Move the cursor past everything received so far."""
         self.cursor = self.mark()
+
+    def last_received(self, topic: str) -> MqttRecord | None:
+        """The newest live message that came in on `topic` (a retained copy is not news)."""
+        for record in reversed(self.records):
+            if record.direction == "in" and record.topic == topic and not record.retain:
+                return record
+        return None
 
     def received(self, topic: str, since: int = 0) -> list[MqttRecord]:
         return [r for r in self.records[since:] if r.direction == "in" and r.topic == topic]

@@ -1,8 +1,10 @@
 """The pytest plugin: `--rig`, `--hil-artifacts`, markers, rig validation and per-test artifacts.
 
 Registered by the `pytest11` entry point, so `pytest --rig R test_suites` works anywhere hil
-is installed. A bad rig file stops the run before any test. A device panic or unplanned reboot
-during a test fails that test; measurements land in `measurements.json` and JUnit properties.
+is installed. A bad rig file stops the run before any test. A rig that cannot be brought up
+makes every rig test error at once, its diagnosis printed once. After each test the device
+must still answer: a panic, an unplanned reboot or silence fails that test, and the device is
+restarted before the next. Measurements land in `measurements.json` and JUnit properties.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from hil.artifacts import ArtifactStore, default_root
-from hil.console import DeviceIncident
+from hil.bringup import DeviceState, RigDown, VersionUnknown
+from hil.lifetime import UNWIND_SIGNALS
 from hil.measurements import Measurements
 from hil.rig import DEFAULT_RIG, Rig, load_rig
 from hil.schema import ConfigError
@@ -22,8 +25,12 @@ RIG_KEY = pytest.StashKey[Rig | None]()
 RIG_ORIGIN_KEY = pytest.StashKey[str]()
 STORE_KEY = pytest.StashKey[ArtifactStore]()
 MEASUREMENTS_KEY = pytest.StashKey[Measurements]()
+DEVICE_KEY = pytest.StashKey[DeviceState]()
+RIG_ERRORS_SEEN_KEY = pytest.StashKey[dict[str, str]]()
+RIG_ERRORS = (RigDown, VersionUnknown, ConfigError)  # the rig is at fault: error, not fail
 CAPABILITY_HINTS = {
     "power": "it has no [power] table",
+    "board_power": "it has no [board_power] table",
     "broker_log": "its broker driver does not report client connections (use mosquitto)",
 }
 
@@ -66,9 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RIG_ORIGIN_KEY] = "" if given else " (default)"
     root = config.getoption("--hil-artifacts")
     config.stash[STORE_KEY] = ArtifactStore(Path(root) if root else default_root())
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        # SIGTERM from a CI runner unwinds like Ctrl-C, so fixtures give the rig back.
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for sig in UNWIND_SIGNALS:
+        if signal.getsignal(sig) is signal.SIG_DFL:
+            # SIGTERM from a CI runner, SIGHUP from a closed terminal: unwind like Ctrl-C, so
+            # fixtures give the rig back.
+            signal.signal(sig, signal.default_int_handler)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -95,6 +104,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if rig is not None and capability not in rig.capabilities:
                 hint = CAPABILITY_HINTS.get(capability, "it does not provide it")
                 pytest.skip(f"needs {capability}: rig {rig.name!r} lacks it ({hint})")
+    device = item.config.stash.get(DEVICE_KEY, None)
+    if device is not None and device.down and item.get_closest_marker("hil"):
+        raise RigDown(device.down)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -113,24 +125,54 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item):
-    console = _session_console(item)
-    mark = console.mark() if console else 0
-    result = yield
-    if console is not None:
-        incidents = console.incidents_since(mark)
-        if incidents:
-            raise DeviceIncident(incidents)
+    """After a rig test, the device must still answer; a test that broke it is charged."""
+    device = getattr(item, "funcargs", {}).get("hil_device")
+    if not isinstance(device, DeviceState):
+        return (yield)
+    marks = device.marks()
+    try:
+        result = yield
+    except Exception as exc:
+        device.after_test(marks, failed=exc)
+        raise
+    device.after_test(marks)
     return result
 
 
-def _session_console(item: pytest.Item):
-    """The rig's console if the test uses the rig, else None (unit tests pay nothing)."""
-    session = getattr(item, "funcargs", {}).get("hil_session")
-    return session.console if session is not None else None
-
-
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
     if call.when == "teardown":
         measurements = item.stash.get(MEASUREMENTS_KEY, None)
         if measurements:
             item.user_properties.extend(measurements.properties())
+    if call.excinfo is not None and isinstance(call.excinfo.value, RIG_ERRORS):
+        report.longrepr = _rig_error_text(item.config, call.excinfo.value)
+    return report
+
+
+def _rig_error_text(config: pytest.Config, error: BaseException) -> str:
+    """A rig fault's diagnosis in full the first time, then one line pointing back to it."""
+    text = f"{type(error).__name__}: {error}"
+    seen = config.stash.setdefault(RIG_ERRORS_SEEN_KEY, {})
+    if text in seen:
+        return f"{seen[text]} (the same rig error as above)"
+    seen[text] = text.splitlines()[0][:160]
+    return text
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    device = config.stash.get(DEVICE_KEY, None)
+    if device is None:
+        return
+    if device.down:
+        terminalreporter.write_sep("=", "hil: the device could not be brought online", red=True)
+        terminalreporter.write_line(device.down)
+    elif device.online is not None:
+        up = device.online
+        terminalreporter.write_line(
+            f"hil: device came up as {up.version} by {up.means} in {up.seconds:.1f} s "
+            f"(boot reason: {up.boot_reason})"
+        )
+    elif device.unknown:
+        terminalreporter.write_line(f"hil: {device.unknown}", yellow=True)

@@ -1,9 +1,13 @@
 """Bringing a rig up for a test session and always giving it back.
 
 Order: the rig's lock (one run per rig), broker, then the twin (if the rig has `[sim]`), then
-power (switched on), then the console. Teardown runs in reverse from one ExitStack, also on
-failure, timeout and Ctrl-C: power is left on, ports closed, spawned brokers and twins stopped,
-the lock released.
+the modem's power and the board's (switched on), the console reader, and the reset line.
+Teardown runs in reverse from one ExitStack, also on failure, timeout and Ctrl-C: power is left
+on, ports closed, spawned brokers and twins stopped, the lock released.
+
+Nothing here waits for the device: it may be off, running, or halfway through a boot, and a
+native USB console may not exist yet. Putting it in a known state is bring-up's work
+(`hil.bringup`), once the MQTT recorder listens.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from hil.broker import BrokerDriver, BrokerEndpoint
 from hil.console import ConsoleBuffer
 from hil.lock import RigLock
 from hil.power import PowerDriver
-from hil.rig import Rig
+from hil.reset import ResetDriver
+from hil.rig import DriverConfig, Rig
 from hil.sim.process import TwinProcess
 
 log = logging.getLogger("hil.session")
@@ -37,6 +42,8 @@ class RigSession:
         self.endpoint: BrokerEndpoint | None = None
         self.twin: TwinProcess | None = None
         self.power: PowerDriver | None = None
+        self.board_power: PowerDriver | None = None
+        self.reset: ResetDriver | None = None
         self.console: ConsoleBuffer | None = None
         self._stack = contextlib.ExitStack()
 
@@ -72,33 +79,35 @@ class RigSession:
             )
             log.info("virtual rig up: %s", ports)
             self.rig = rig = rig.with_sim_dir(sim_dir)
-        if rig.power is not None:
-            self.power = rig.power.cls(rig.power.options, rig.power_common, rig.directory)
-            self.power.open()
-            self._stack.callback(self.power.close)
-            self._stack.callback(self._power_back_on)
-            self.power.on()
+        self.power = self._switch_on(rig.power, rig.power_common, "power")
+        self.board_power = self._switch_on(rig.board_power, rig.board_power_common, "board_power")
         self.console = rig.console.cls(rig.console.options, rig.profile)
         self.console.sink = self.console_sink
-        if rig.sim is None:
-            self.console.open()
-            self._stack.callback(self.console.close)
-            return
-        # The twin's device boots when the twin starts: that boot belongs to bring-up.
-        with self.console.reboot_expected():
-            self.console.open()
-            self._stack.callback(self.console.close)
-            if not self.console.wait(rig.profile.console.firmware_start, rig.profile.limits.boot_s):
-                raise RuntimeError(
-                    f"the virtual rig's device did not print its start line within "
-                    f"{rig.profile.limits.boot_s:g} s; see the twin log in {self.workdir / 'sim'}"
-                )
+        self._stack.callback(self.console.close)
+        if rig.reset_means:
+            self.console.start()  # bring-up restarts the device; its port may come only then
+        else:
+            self.console.open()  # nothing will make it appear: it must be there now
+        if rig.reset is not None:
+            self.reset = rig.reset.cls(rig.reset.options, rig.directory, self.console)
 
-    def _power_back_on(self) -> None:
-        """Teardown never leaves the device's modem without power."""
-        if self.power is not None and self.power.is_on is not True:
-            log.info("teardown: switching modem power back on")
-            self.power.on()
+    def _switch_on(self, config: DriverConfig | None, common, section: str) -> PowerDriver | None:
+        """Open a power switch and turn it on; teardown leaves it on and closes it."""
+        if config is None:
+            return None
+        driver = config.cls(config.options, common, self.rig.directory, section=section)
+        driver.open()
+        self._stack.callback(driver.close)
+        self._stack.callback(self._back_on, driver)
+        driver.on()
+        return driver
+
+    @staticmethod
+    def _back_on(driver: PowerDriver) -> None:
+        """Teardown never leaves the device or its modem without power."""
+        if driver.is_on is not True:
+            log.info("teardown: switching %s back on", driver.describe())
+            driver.on()
 
     def close(self) -> None:
         self._stack.close()

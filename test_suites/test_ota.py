@@ -39,14 +39,15 @@ def plan_for(dut, name: str, image: bytes) -> FaultPlan:
 
 
 async def update_and_reboot(dut, image: bytes, plan: FaultPlan | None = None):
-    """Push, then wait for the planned reboot and STATUS:ONLINE; return (result, version)."""
+    """Push, then wait for the planned reboot and STATUS:ONLINE; return (result, version).
+
+    The reboot is proven the way the rig can show it (the console port vanishing, or the boot
+    banner on a console that survives resets), never by lines a real port may lose.
+    """
     since, console_mark = dut.mqtt.mark(), dut.console.mark()
     with dut.console.reboot_expected():
         result = await dut.ota(image, faults=plan)
-        await dut.console.expect(
-            dut.profile.console.rebooting, dut.limits.reboot_s, since=console_mark
-        )
-        await dut.console.expect(dut.profile.console.boot, dut.limits.reboot_s, since=console_mark)
+        await dut.wait_restart(since=console_mark)
         version = await dut.wait_online(dut.limits.reboot_s, since=since)
     return result, version
 

@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("discover", "hil.cli.discover", "list serial devices and their rig-file tables"),
         ("doctor", "hil.cli.doctor", "check a rig part by part: broker, console, relay, device"),
         ("ota", "hil.cli.ota", "push a firmware image to a rig's device over MQTT"),
+        ("power", "hil.cli.power", "switch a rig's modem or board power: on, off, cycle"),
+        ("reset", "hil.cli.reset", "restart the device through the rig's [reset] or board power"),
     ):
         sub = verbs.add_parser(verb, help=text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     args.words = argv[argv.index(args.verb) + 1 :]
-    if extra and args.verb not in ("run", "sim", "image", "discover", "doctor", "ota"):
+    if extra and args.verb in ("crypto", "rigs"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args, extra)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from hil import schema
 from hil.profile import DeviceProfile, load_profile, profile_from_data
 from hil.sim.local_broker import LocalBroker
-from hil.sim.options import FAULTS, SimOptions
+from hil.sim.options import CONSOLES, FAULTS, SimOptions
 from hil.sim.twin import Twin
 
 log = logging.getLogger("hil.sim")
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the link model")
     p.add_argument("--relay-channel", type=int, default=defaults.relay_channel,
                    help="LCUS channel wired to the modem supply")
+    p.add_argument("--board-channel", type=int, default=defaults.board_channel,
+                   help="LCUS channel wired to the whole device's supply")
+    p.add_argument("--console", choices=CONSOLES, default=defaults.console,
+                   help="native-usb: the port vanishes on reset and loses what is printed while "
+                   "no host has it open; uart-bridge: the port stays across resets")
     p.add_argument("--username", help="broker user name the firmware sends in AT+CMQTTCONNECT")
     p.add_argument("--password-env", metavar="VAR",
                    help="environment variable holding the broker password")
@@ -139,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             faults=list(args.fault),
             seed=args.seed,
             relay_channel=args.relay_channel,
+            board_channel=args.board_channel,
+            console=args.console,
         )
         if args.broker:
             _broker(args.broker)

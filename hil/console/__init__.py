@@ -175,6 +175,11 @@ class ConsoleBuffer:
 
     # -- reading (test side) -----------------------------------------------------------
     @property
+    def is_open(self) -> bool:
+        """Whether the console's port is there to read now (a bare buffer always is)."""
+        return True
+
+    @property
     def lines(self) -> list[ConsoleLine]:
         """The lines still held (the last HISTORY of them)."""
         with self._lock:

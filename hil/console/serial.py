@@ -12,6 +12,7 @@ stays) lets bring-up and the suites rely on boot banners.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any
 
 import serial
 
+from hil import schema
 from hil.console import ConsoleBuffer
 from hil.profile import DeviceProfile
 
@@ -39,6 +41,9 @@ class SerialOptions:
     survives_reset: bool = False  # a UART bridge keeps its port (and boot banners) across resets
 
     def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.whole_range, self.baud, "baud", 1, what="a baud rate")
+            check(schema.positive, self.reappear_s, "reappear_s")
         if bool(self.port) == bool(self.match):
             raise ValueError("give exactly one of port (a path) or match (a udev identity)")
         unknown = set(self.match) - {"vendor_id", "product_id", "serial", "interface"}
@@ -96,6 +101,10 @@ class SerialConsole(ConsoleBuffer):
         self.port_path, self._node = path, node
         return True
 
+    @property
+    def is_open(self) -> bool:
+        return self._serial is not None
+
     def _moved(self) -> bool:
         """The rig's path now names another device node (a symlink re-made on re-enumeration)."""
         return self.options.port is not None and os.path.realpath(self.options.port) != self._node
@@ -112,6 +121,16 @@ class SerialConsole(ConsoleBuffer):
                     "(`hil discover` lists the serial devices plugged in)"
                 )
             time.sleep(self.POLL_S)
+        self._start_reader()
+
+    def start(self) -> None:
+        """Start reading without waiting for the port: the device may be off or booting, and
+        a native USB port exists only while the chip runs. The reader opens it when it comes."""
+        if not self._try_open():
+            self.note(f"console port {self.options.describe()} not there yet; waiting for it")
+        self._start_reader()
+
+    def _start_reader(self) -> None:
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="hil-console", daemon=True)
         self._thread.start()
@@ -160,7 +179,9 @@ class SerialConsole(ConsoleBuffer):
             yield self._serial
 
     def _wait_for_port(self) -> None:
-        deadline = time.monotonic() + self.options.reappear_s
+        """Until the port is back; a port that was open once may be away only reappear_s."""
+        first = self.port_path is None
+        deadline = math.inf if first else time.monotonic() + self.options.reappear_s
         while not self._stop.is_set():
             try:
                 back = self._try_open()
@@ -169,8 +190,8 @@ class SerialConsole(ConsoleBuffer):
                 self._stop.wait()
                 return
             if back:
-                self.reopened += 1
-                self.note(f"console port back as {self.port_path}")
+                self.reopened += not first
+                self.note(f"console port {'open' if first else 'back'} as {self.port_path}")
                 return
             if time.monotonic() >= deadline:
                 self.lose(

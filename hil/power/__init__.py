@@ -19,6 +19,11 @@ class CommonPowerOptions:
     """Keys every power driver accepts besides its own."""
 
     normally_closed: bool = False
+    off_s: float = 1.0  # how long a power cycle holds the supply off (a cold boot drains it)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.off_s < float("inf"):
+            raise ValueError(f"off_s must be a number of seconds above 0, got {self.off_s}")
 
 
 class PowerError(RuntimeError):

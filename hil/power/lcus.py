@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import serial
 
+from hil import schema
 from hil.power import PowerDriver, PowerError
 
 START = 0xA0
@@ -46,10 +47,14 @@ class LcusOptions:
     reappear_s: float = 5.0  # how long the board may be away (re-enumerating) when switching
 
     def __post_init__(self) -> None:
-        if not 1 <= self.channel <= MAX_CHANNEL:
-            raise ValueError(
-                f"channel must be 1 to {MAX_CHANNEL} (LCUS boards), got {self.channel}"
-            )
+        with schema.Checks() as check:
+            if not 1 <= self.channel <= MAX_CHANNEL:
+                raise schema.ConfigError(
+                    "channel",
+                    f"channel must be 1 to {MAX_CHANNEL} (LCUS boards), got {self.channel}",
+                )
+            check(schema.whole_range, self.baud, "baud", 1, what="a baud rate")
+            check(schema.positive, self.reappear_s, "reappear_s")
 
 
 class _Board:

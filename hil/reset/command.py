@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hil import schema
 from hil.reset import ResetDriver, ResetError
 from hil.shell import CommandFailed, run_command
 
@@ -14,6 +15,8 @@ class CommandResetOptions:
     timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.positive, self.timeout_s, "timeout_s")
         if not self.command.strip():
             raise ValueError("command is empty; give the command that resets the device")
 

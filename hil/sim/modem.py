@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from hil.sim.at import AtSyntaxError, Command, parse
 from hil.sim.link import Link
-from hil.sim.mqtt_bridge import BrokerSession, ConnectParams
+from hil.sim.mqtt_bridge import BrokerSession, ConnectParams, close_silent_sessions
 from hil.sim.uart import UartEnd
 
 log = logging.getLogger("hil.sim.modem")
@@ -130,6 +130,7 @@ class Sim7600:
         """Power down for good (the twin is stopping): drop links, stop tasks."""
         await self.set_power(False)
         await self._link.close()
+        close_silent_sessions()
 
     # -- UART ---------------------------------------------------------------------------------
 

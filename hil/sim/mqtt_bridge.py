@@ -10,14 +10,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
 
 CONNECT_TIMEOUT_S = 10.0
+BROKER_GRACE = 1.5  # a broker drops a silent client after 1.5 x its keepalive (MQTT 3.1.1)
+_SILENT: set[int] = set()  # sockets of sessions whose modem lost power, held until the broker
+# gives up on them
+
+
+def _close_quietly(fd: int) -> None:
+    if fd in _SILENT:
+        _SILENT.discard(fd)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def close_silent_sessions() -> None:
+    """Close every socket still held for a powered-off modem (the twin is stopping)."""
+    for fd in list(_SILENT):
+        _close_quietly(fd)
 
 # CONNACK refusal codes (MQTT 3.1/3.1.1) to the modem's +CMQTTCONNECT error codes.
 _REFUSED = {1: 27, 2: 28, 3: 29, 4: 30, 5: 31}
@@ -63,6 +79,7 @@ class BrokerSession:
         )
         self._on_message = on_message
         self._on_lost = on_lost
+        self._keepalive = params.keepalive
         self._reader: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
@@ -137,20 +154,27 @@ class BrokerSession:
             await self._client.__aexit__(None, None, None)
 
     async def abort(self) -> None:
-        """Drop the TCP connection with no DISCONNECT, as a modem losing power does."""
+        """Go silent, as a modem losing power does: no DISCONNECT, no FIN, no RST.
+
+        The broker learns of it only when its keepalive runs out (1.5 x keepalive), as with a
+        real module whose supply was cut. The socket is kept open, unread, until then.
+        """
         self._closing = True
         self._closed.set()
         await self._stop_reader()
-        # aiomqtt offers no abort; shut the socket under paho so the broker sees the link die.
-        sock = self._client._client.socket()
+        paho = self._client._client  # aiomqtt offers no abort: go under it to paho
+        sock = paho.socket()
         if isinstance(sock, socket.socket):
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(self._client._disconnected), 2.0)
-        with contextlib.suppress(aiomqtt.MqttError, OSError):
-            await self._client.__aexit__(None, None, None)
+                held = os.dup(sock.fileno())  # so paho closing its socket sends nothing
+                asyncio.get_running_loop().call_later(
+                    self._keepalive * BROKER_GRACE, _close_quietly, held
+                )
+                _SILENT.add(held)
+            with contextlib.suppress(OSError):
+                paho._sock_close()  # unregisters from the event loop, then closes its fd
+        with contextlib.suppress(aiomqtt.MqttError, OSError, Exception):
+            await asyncio.wait_for(self._client.__aexit__(None, None, None), 2.0)
 
     async def _stop_reader(self) -> None:
         if self._reader is not None and self._reader is not asyncio.current_task():

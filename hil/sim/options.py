@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hil import schema
+
 FAULTS = (
     "echo_no_prefix",
     "echo_wrong_iv",
@@ -16,6 +18,8 @@ FAULTS = (
     "crash_on_bad_base64",
 )
 
+CONSOLES = ("native-usb", "uart-bridge")
+
 
 @dataclass(frozen=True)
 class SimOptions:
@@ -27,13 +31,27 @@ class SimOptions:
     loss: float = 0.0  # probability a packet needs a TCP retransmission (costs one more RTT)
     faults: list[str] = field(default_factory=list)
     seed: int = 0
-    relay_channel: int = 1
+    relay_channel: int = 1  # LCUS channel on the modem's supply
+    board_channel: int = 2  # LCUS channel on the whole device's supply (a cold boot)
+    console: str = "native-usb"  # or "uart-bridge": a CP210x/CH340 board whose port stays
 
     def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.positive, self.time_scale, "time_scale", "a time scale")
+            check(schema.finite_range, self.rtt_ms, "rtt_ms", 0, what="a round trip in ms")
+            for name in ("relay_channel", "board_channel"):
+                check(schema.whole_range, getattr(self, name), name, 1, 8, "an LCUS channel")
         unknown = [f for f in self.faults if f not in FAULTS]
         if unknown:
             raise ValueError(f"unknown fault {unknown[0]!r}; known faults: {', '.join(FAULTS)}")
         if not 0.0 <= self.loss < 1.0:
             raise ValueError(f"loss must be from 0 up to 1, got {self.loss}")
+        if self.console not in CONSOLES:
+            raise ValueError(f"console must be one of {', '.join(CONSOLES)}, got {self.console!r}")
+        if self.relay_channel == self.board_channel:
+            raise ValueError(
+                f"relay_channel and board_channel are both {self.relay_channel}; the modem's "
+                "and the board's supplies are two channels"
+            )
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")

@@ -1,7 +1,8 @@
 """The twin's serial boundaries: ptys behind stable symlinks, as udev would name real ports.
 
-The console pty disappears and comes back on every ESP32 restart (native USB re-enumerates);
-the relay pty takes LCUS frames like the CH340 relay board.
+The console pty disappears and comes back on every ESP32 restart when it models the
+ESP32-S3's native USB (which re-enumerates); the relay pty takes LCUS frames like the CH340
+relay board, one channel on the modem's supply and one on the whole board's.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import os
 import pty
 import select
 import tty
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,23 +86,20 @@ class Pty:
 
 
 class ConsolePort:
-    """The ESP32-S3's USB serial console: lines out, gone during a restart.
+    """The ESP32's console port as the host sees it.
 
-    Lines printed after the port (re)appears and before the host opens it are held (up to
-    BACKLOG) and sent once the host has opened it, as the USB CDC FIFO holds early boot output.
-    Opening with pyserial flushes input, so the backlog waits SETTLE_S after the open.
+    Nothing is held for the host: a line printed while no host has the port open is lost, as
+    ESP-IDF's USB Serial/JTAG driver drops output nobody reads and as a closed tty drops what
+    arrives. With `native_usb` (an ESP32-S3's own USB) the port also leaves on every reset or
+    power-off and comes back as a new tty node; a UART bridge's port stays.
     """
 
-    BACKLOG = 1000
-    POLL_S = 0.02
-    SETTLE_S = 0.05
     DRAIN_S = 0.1
 
-    def __init__(self, link: Path) -> None:
+    def __init__(self, link: Path, native_usb: bool) -> None:
         self._pty = Pty(link, hold_slave=False)
-        self._backlog: deque[bytes] | None = None
-        self._attached = False
-        self._watcher: asyncio.Task[None] | None = None
+        self.native_usb = native_usb
+        self.present = False
 
     @property
     def link(self) -> Path:
@@ -110,50 +107,40 @@ class ConsolePort:
 
     def open(self) -> None:
         self._pty.open()
-        self._backlog = deque(maxlen=self.BACKLOG)
-        self._attached = False
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
-
-    async def _watch(self) -> None:
-        while True:
-            attached = self._pty.reader_attached()
-            if attached and not self._attached:
-                await asyncio.sleep(self.SETTLE_S)
-                backlog, self._backlog = self._backlog or (), None
-                for data in backlog:
-                    self._pty.write(data)
-            self._attached = attached
-            await asyncio.sleep(self.POLL_S)
+        self.present = True
 
     def line(self, text: str) -> None:
-        data = text.encode("utf-8", "replace") + b"\r\n"
-        if self._attached:
-            self._pty.write(data)
-        elif self._backlog is not None:
-            self._backlog.append(data)
+        if self.present and self._pty.reader_attached():
+            self._pty.write(text.encode("utf-8", "replace") + b"\r\n")
 
     def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            self._watcher = None
-        self._attached = False
-        self._backlog = None
+        self.present = False
         self._pty.close()
 
-    async def reenumerate(self, gap_s: float) -> None:
-        """The port vanishes on reset and a new one appears after `gap_s`."""
+    async def restart(self, gap_s: float) -> None:
+        """The chip resets: a native USB port vanishes and a new one appears after `gap_s`."""
+        if not self.native_usb:
+            return
         await asyncio.sleep(self.DRAIN_S)  # esp_restart() flushes the console first
         self.close()
         await asyncio.sleep(gap_s)
         self.open()
 
+    def power(self, on: bool) -> None:
+        """The board's supply: a native USB port exists only while the chip is powered."""
+        if not self.native_usb or on == self.present:
+            return
+        if on:
+            self.open()
+        else:
+            self.close()
+
 
 class RelayPort:
-    """An LCUS relay board on a pty: `on_switch(energized)` for each valid frame on `channel`."""
+    """An LCUS relay board on a pty: `on_switch[channel](energized)` for each valid frame."""
 
-    def __init__(self, link: Path, channel: int, on_switch: Callable[[bool], None]) -> None:
+    def __init__(self, link: Path, on_switch: dict[int, Callable[[bool], None]]) -> None:
         self._pty = Pty(link, hold_slave=True)
-        self._channel = channel
         self._on_switch = on_switch
         self._buffer = bytearray()
 
@@ -178,8 +165,9 @@ class RelayPort:
                 del self._buffer[0]
                 continue
             del self._buffer[:4]
-            if channel == self._channel:
-                self._on_switch(energized)
+            switch = self._on_switch.get(channel)
+            if switch is not None:
+                switch(energized)
 
     def close(self) -> None:
         self._pty.close()

@@ -72,6 +72,8 @@ class TwinProcess:
             "--loss", repr(options.loss),
             "--seed", str(options.seed),
             "--relay-channel", str(options.relay_channel),
+            "--board-channel", str(options.board_channel),
+            "--console", options.console,
         ]
         for fault in options.faults:
             argv += ["--fault", fault]

@@ -44,15 +44,33 @@ class Twin:
         link = Link(options.rtt_ms, options.loss, options.seed)
         self.modem = Sim7600(modem_uart, link, options.time_scale)
         self.flash = Flash(options.firmware_version)
-        self.console = ConsolePort(directory / "console")
-        self.relay = RelayPort(directory / "relay", options.relay_channel, self._relay_switched)
-        self._power_changes: asyncio.Queue[bool] = asyncio.Queue()
+        self.console = ConsolePort(directory / "console", options.console == "native-usb")
+        self.relay = RelayPort(
+            directory / "relay",
+            {options.relay_channel: self._modem_relay, options.board_channel: self._board_relay},
+        )
+        # Both channels are wired normally closed: an energized coil cuts that supply.
+        self._modem_supply = True
+        self._board_on = asyncio.Event()
+        self._board_off = asyncio.Event()
+        self._board_on.set()
+        self._supply_changed: asyncio.Queue[None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _relay_switched(self, energized: bool) -> None:
-        # Normally closed: an energized coil opens the contact and cuts the modem's supply.
-        log.info("relay coil %s", "energized (modem off)" if energized else "released (modem on)")
-        self._power_changes.put_nowait(not energized)
+    def _modem_relay(self, energized: bool) -> None:
+        log.info("modem relay %s", "energized (modem off)" if energized else "released (modem on)")
+        self._modem_supply = not energized
+        self._supply_changed.put_nowait(None)
+
+    def _board_relay(self, energized: bool) -> None:
+        log.info("board relay %s", "energized (board off)" if energized else "released (board on)")
+        if energized:
+            self._board_on.clear()
+            self._board_off.set()
+        else:
+            self._board_off.clear()
+            self._board_on.set()
+        self._supply_changed.put_nowait(None)
 
     async def start(self) -> None:
         self.console.open()
@@ -72,13 +90,18 @@ class Twin:
             task.result()
 
     async def _power(self) -> None:
+        """The modem has power while both its own channel and the board's are closed."""
         while True:
-            await self.modem.set_power(await self._power_changes.get())
+            await self._supply_changed.get()
+            await self.modem.set_power(self._modem_supply and self._board_on.is_set())
 
     async def _chip(self) -> None:
+        """Run the firmware from each boot to its restart or to the board losing power."""
         software_reset = False
         gap = max(MIN_REENUMERATE_S, REENUMERATE_S * self._options.time_scale)
         while True:
+            await self._board_on.wait()
+            self.console.power(True)
             firmware = Firmware(
                 profile=self._profile,
                 options=self._options,
@@ -90,9 +113,20 @@ class Twin:
                 password=self._password,
                 software_reset=software_reset,
             )
-            await firmware.run()
-            software_reset = True
-            await self.console.reenumerate(gap)
+            running = asyncio.ensure_future(firmware.run())
+            cut = asyncio.ensure_future(self._board_off.wait())
+            await asyncio.wait({running, cut}, return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                cut.cancel()
+                running.result()
+                software_reset = True
+                await self.console.restart(gap)
+                continue
+            log.info("board power cut: the chip stops where it was")
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            self.console.power(False)
+            software_reset = False
 
     async def close(self) -> None:
         """Stop everything and give the ports back; safe to call more than once."""
