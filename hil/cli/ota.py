@@ -12,12 +12,15 @@ import argparse
 import asyncio
 import contextlib
 import math
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from hil.broker import BrokerError
@@ -27,6 +30,7 @@ from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.ota import DEFAULT_WINDOW, OtaError, OtaResult
 from hil.profile import DeviceProfile
 from hil.protocol.image import ImageError, ImageInfo, parse_image
+from hil.protocol.ota import SUCCESS
 from hil.rig import Rig, load_rig
 from hil.schema import ConfigError
 from hil.session import RigSession
@@ -150,13 +154,25 @@ async def device_version(dut: Dut) -> str:
         ) from None
 
 
+def after_success(dut: Dut, since: int) -> int:
+    """The record index just past the device's last OTA:SUCCESS at or after `since`.
+
+    Only a STATUS:ONLINE after it comes from the reboot into the new image: one from before
+    (a reconnection mid-update) still names the old one and would read as a rollback.
+    """
+    for record in reversed(dut.mqtt.received(dut.topics.status_topic, since=since)):
+        if record.text.strip() == SUCCESS:
+            return record.index + 1
+    return dut.mqtt.mark()  # not recorded (cannot happen after a push): only what comes next
+
+
 async def deliver(dut: Dut, image: bytes, *, window: int, on_progress=None) -> Delivery:
     """Push `image` and wait, within `limits.reboot_s`, for the device to come back online."""
     mark = dut.mqtt.mark()
     with dut.console.reboot_expected():
         result = await dut.ota(image, window=window, on_progress=on_progress)
         try:
-            version = await dut.wait_online(dut.limits.reboot_s, since=mark)
+            version = await dut.wait_online(dut.limits.reboot_s, since=after_success(dut, mark))
         except MqttTimeout:
             raise Refusal(
                 f"the device took the image (OTA:SUCCESS) but did not report STATUS:ONLINE "
@@ -293,18 +309,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def signals_as_interrupt(
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP),
+) -> Iterator[list[signal.Signals]]:
+    """While the block runs, `signals` unwind like Ctrl-C, so the rig is given back on them too.
+
+    Each is handed to the SIGINT handler in force: asyncio.run's, which cancels the push so
+    every `finally` runs, or Python's, which raises KeyboardInterrupt. Yields the signals
+    received. A repeat is ignored: it would break the teardown it is waiting for. A signal
+    already ignored (nohup) stays ignored; the previous handlers come back after the block.
+    """
+    received: list[signal.Signals] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signal.Signals(signum))
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored or default: still unwind
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # handlers live in main only
+        for sig in signals:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, interrupt)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str]) -> int:
-    """Run `hil ota <argv>`: 0 when pushed, 1 with one line on stderr when not, 2 on usage."""
+    """Run `hil ota <argv>`: 0 when pushed, 1 with one line on stderr when not, 2 on usage,
+    128 + the signal's number when Ctrl-C, SIGTERM or SIGHUP stopped it."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # usage error or --help: argparse has printed it
         return int(exc.code or 0)
-    try:
-        print(push(args))
-    except Refusal as exc:
-        print(f"hil ota push: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hil ota push: interrupted; the rig was given back", file=sys.stderr)
-        return 130
+    with signals_as_interrupt() as received:
+        try:
+            print(push(args))
+        except Refusal as exc:
+            print(f"hil ota push: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            sig = received[0] if received else signal.SIGINT
+            print(
+                f"hil ota push: interrupted by {sig.name}; the rig was given back", file=sys.stderr
+            )
+            return 128 + sig
     return 0
