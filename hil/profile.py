@@ -7,18 +7,19 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 from hil import schema
 from hil.protocol.crypto import Cipher
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MAX_CHUNK_DATA = 508  # PROTOCOL.md: 512 bytes per chunk, 4 of them the chunk number
+TOPIC = "an MQTT topic without wildcards (+ or #)"
 
-def _regex(value: str, what: str) -> str:
-    try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"{what} is not a valid regular expression: {exc}") from None
-    return value
+
+def _topic(value: str, name: str) -> None:
+    if not value or "+" in value or "#" in value or "\0" in value:
+        raise schema.ConfigError(name, f"got {value!r}, expected {TOPIC}")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,22 @@ class MqttContract:
     client_id_prefix: str = "ESP32_SIM7600_"
     keepalive_s: int = 60
 
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            for name in ("command_topic", "firmware_topic", "status_topic"):
+                check(_topic, getattr(self, name), name)
+            check(schema.whole_range, self.qos, "qos", 0, 2, "an MQTT QoS")
+            check(schema.one_of, self.protocol_level, "protocol_level", (3, 4, 5))
+            # MQTT's keepalive is 16 bits; 0 (no keepalive) would never detect a lost modem.
+            check(
+                schema.whole_range,
+                self.keepalive_s,
+                "keepalive_s",
+                1,
+                65535,
+                "a keepalive in seconds",
+            )
+
 
 @dataclass(frozen=True)
 class CryptoContract:
@@ -42,11 +59,34 @@ class CryptoContract:
     max_plaintext: int = 256
     lcd_prefix: str = "MQTT Msg:"
 
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(_length, self.key, "key", 32, "an AES-256 key")
+            check(_length, self.iv, "iv", 16, "an AES-CBC IV")
+            check(
+                schema.whole_range, self.max_plaintext, "max_plaintext", 1, what="a size in bytes"
+            )
+
     def cipher(self) -> Cipher:
         """The cipher, with key and IV from the named environment variables when given."""
         key = _secret(self.key_env, self.key, "crypto.key")
         iv = _secret(self.iv_env, self.iv, "crypto.iv")
         return Cipher(key.encode(), iv.encode())
+
+
+def _known_states(path: list[str], states: list[str], name: str) -> None:
+    """The recovery path runs through states the firmware has (when the profile lists them)."""
+    unknown = [s for s in path if states and s not in states]
+    if unknown:
+        raise schema.ConfigError(name, f"got {unknown[0]!r}, expected one of firmware.states")
+
+
+def _length(value: str, name: str, size: int, what: str) -> None:
+    """An inline key or IV is checked at load; one from the environment when it is read."""
+    if value and len(value.encode()) != size:
+        raise schema.ConfigError(
+            name, f"got {len(value.encode())} bytes, expected {what} of {size} bytes"
+        )
 
 
 def _secret(env: str, inline: str, key: str) -> str:
@@ -66,6 +106,17 @@ class OtaContract:
     partition_size: int = 1966080
     chunk_timeout_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            size = "a chunk's data size in bytes (512 per chunk less the 4-byte number)"
+            check(
+                schema.whole_range, self.chunk_data_size, "chunk_data_size", 1, MAX_CHUNK_DATA, size
+            )
+            check(
+                schema.whole_range, self.partition_size, "partition_size", 1, what="a size in bytes"
+            )
+            check(schema.positive, self.chunk_timeout_s, "chunk_timeout_s")
+
 
 @dataclass(frozen=True)
 class StatusContract:
@@ -73,8 +124,9 @@ class StatusContract:
     heartbeat: str = r"^STATUS:HEARTBEAT:(?P<uptime>\d+)$"
 
     def __post_init__(self) -> None:
-        for name in ("online", "heartbeat"):
-            _regex(getattr(self, name), f"status.{name}")
+        with schema.Checks() as check:  # the harness reads these groups
+            check(schema.pattern, self.online, "online", ("version",))
+            check(schema.pattern, self.heartbeat, "heartbeat", ("uptime",))
 
 
 @dataclass(frozen=True)
@@ -93,10 +145,20 @@ class ConsoleContract:
     rebooting: str = ""
     panic: str = ""
 
+    # The groups the harness and the suites read from a line; a pattern left "" is not used.
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "firmware_start": ("version",),
+        "state": ("dst",),
+        "lcd": ("text",),
+        "led": ("state",),
+    }
+
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if isinstance(value, str):
-                _regex(value, f"console.{name}")
+        with schema.Checks() as check:
+            check(schema.whole_range, self.baud, "baud", 1, what="a baud rate")
+            for name, value in vars(self).items():
+                if isinstance(value, str) and value:
+                    check(schema.pattern, value, name, self.GROUPS.get(name, ()))
 
 
 @dataclass(frozen=True)
@@ -106,6 +168,15 @@ class FirmwareContract:
     heartbeat_s: float = 30.0
     states: list[str] = field(default_factory=list)
     recovery_path: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(
+                schema.whole_range, self.max_retries, "max_retries", 1, what="a number of attempts"
+            )
+            check(schema.positive, self.retry_delay_s, "retry_delay_s")
+            check(schema.positive, self.heartbeat_s, "heartbeat_s")
+            check(_known_states, self.recovery_path, self.states, "recovery_path")
 
     @property
     def retry_budget_s(self) -> float:
@@ -123,6 +194,20 @@ class Limits:
     ota_retries: int = 10
     reboot_s: float = 60.0
 
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            for name, value in vars(self).items():
+                if name.endswith("_s"):
+                    check(schema.positive, value, name)
+            # 0 is a sender that never retransmits, which is a choice; a negative is not.
+            check(
+                schema.whole_range,
+                self.ota_retries,
+                "ota_retries",
+                0,
+                what="a number of retransmissions",
+            )
+
 
 @dataclass(frozen=True)
 class DeviceProfile:
@@ -136,20 +221,31 @@ class DeviceProfile:
     limits: Limits
 
 
+def shipped_profiles() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".toml")
+        for p in resources.files("hil.profiles").iterdir()
+        if p.name.endswith(".toml")
+    )
+
+
 def builtin_profile_data(name: str) -> dict[str, Any]:
-    """The raw data of a profile shipped in the package."""
-    try:
-        text = resources.files("hil.profiles").joinpath(f"{name}.toml").read_text()
-    except FileNotFoundError:
-        shipped = sorted(
-            p.name.removesuffix(".toml")
-            for p in resources.files("hil.profiles").iterdir()
-            if p.name.endswith(".toml")
+    """The raw data of a profile shipped in the package.
+
+    Only a plain name is looked up: a rig's `name` must not reach files outside the package.
+    """
+    shipped = shipped_profiles()
+    if not isinstance(name, str) or not PROFILE_NAME.fullmatch(name):
+        raise schema.ConfigError(
+            "profile.name",
+            f"got {name!r}, expected the plain name (letters, digits, - and _) of a profile "
+            f"that ships with hil: {', '.join(shipped)}",
         )
+    if name not in shipped:
         raise schema.ConfigError(
             "profile.name", f"no profile {name!r} ships with hil; shipped: {', '.join(shipped)}"
-        ) from None
-    return tomllib.loads(text)
+        )
+    return tomllib.loads(resources.files("hil.profiles").joinpath(f"{name}.toml").read_text())
 
 
 def load_profile(name: str = "reference", overrides: dict[str, Any] | None = None) -> DeviceProfile:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from hil import registry, schema
 from hil.power import CommonPowerOptions
@@ -26,6 +27,7 @@ SIM_DIR = "{sim}"
 DRIVER_GROUPS = {"board_power": "power"}  # a rig section whose drivers come from another group
 SECTIONS = ("rig", "console", "power", "board_power", "reset", "broker", "profile", "limits", "sim")
 DEFAULT_RIG = Path("rigs/sim.toml")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -156,56 +158,87 @@ def _driver(section: str, table: dict[str, Any], rig_dir: Path, extra: tuple[str
     except registry.UnknownDriver as exc:
         raise ConfigError(f"{section}.driver", str(exc)) from None
     own = {k: v for k, v in table.items() if k not in extra}
-    options = schema.load(cls.Options, _resolve_paths(cls.Options, own, rig_dir, section), section)
+    own, errors = _resolve_paths(cls.Options, own, rig_dir, section)
+    options = _attempt(errors, None, lambda: schema.load(cls.Options, own, section))
+    if errors:  # a missing file and the other keys' problems, together
+        raise ConfigError.combine(errors)
     return DriverConfig(name, cls, options), {k: v for k, v in table.items() if k in extra}
 
 
-def _resolve_paths(options_cls: type, table: dict[str, Any], rig_dir: Path, group: str):
-    """Make file options absolute (relative to the rig file) and check that they exist."""
-    out = dict(table)
+def _resolve_paths(
+    options_cls: type, table: dict[str, Any], rig_dir: Path, group: str
+) -> tuple[dict[str, Any], list[ConfigError]]:
+    """File options made absolute (relative to the rig file), and an error for each missing."""
+    out, missing = dict(table), []
     for f in dataclasses.fields(options_cls):
         if f.metadata.get("file") and isinstance(out.get(f.name), str):
             path = Path(out[f.name]).expanduser()
             path = path if path.is_absolute() else rig_dir / path
             if not path.exists():
-                raise ConfigError(
-                    f"{group}.{f.name}", f"file {path} does not exist; fix the path or create it"
+                missing.append(
+                    ConfigError(
+                        f"{group}.{f.name}",
+                        f"file {path} does not exist; fix the path or create it",
+                    )
                 )
             out[f.name] = str(path)
-    return out
+    return out, missing
+
+
+def _attempt(errors: list[ConfigError], default: T, build: Callable[[], T]) -> T:
+    """`build()`, or `default` with its error kept: one bad section must not hide the others."""
+    try:
+        return build()
+    except ConfigError as exc:
+        errors.append(exc)
+        return default
 
 
 def parse_rig(data: dict[str, Any], path: Path) -> Rig:
-    """Validate parsed TOML as a rig; ConfigError names the key."""
+    """Validate parsed TOML as a rig; ConfigError names the key, ConfigErrors every problem.
+
+    Each section is checked even when an earlier one failed; only a check that needs a failed
+    section (a `{sim}` path needs [sim]) is left out.
+    """
+    errors: list[ConfigError] = []
     for key in data:
         if key not in SECTIONS:
-            raise ConfigError(key, f"unknown section; a rig has: {', '.join(SECTIONS)}")
-    for key in SECTIONS:
-        if key in data and not isinstance(data[key], dict):
-            raise ConfigError(key, f"expected a table [{key}], got {data[key]!r}")
+            errors.append(ConfigError(key, f"unknown section; a rig has: {', '.join(SECTIONS)}"))
+        elif not isinstance(data[key], dict):
+            errors.append(ConfigError(key, f"expected a table [{key}], got {data[key]!r}"))
+    tables = {k: v for k, v in data.items() if k in SECTIONS and isinstance(v, dict)}
     rig_dir = path.parent
-    info = schema.load(RigInfo, data.get("rig", {"name": path.stem}), "rig")
-    if "console" not in data:
-        raise ConfigError("console", "missing; a rig needs a [console] table")
-    console, _ = _driver("console", data["console"], rig_dir)
-    power, common = _power_table(data, "power", rig_dir)
-    board_power, board_common = _power_table(data, "board_power", rig_dir)
-    reset = _driver("reset", data["reset"], rig_dir)[0] if "reset" in data else None
-    if "broker" not in data:
-        raise ConfigError("broker", "missing; a rig needs a [broker] table")
-    broker, _ = _driver("broker", data["broker"], rig_dir)
-    profile_table = dict(data.get("profile", {}))
-    profile_name = profile_table.pop("name", "reference")
-    overrides = schema.merge(profile_table, {"limits": data["limits"]} if "limits" in data else {})
-    try:
-        profile = load_profile(profile_name, overrides)
-    except ConfigError as exc:
-        raise ConfigError(
-            exc.key if exc.key.startswith(("profile", "limits")) else f"profile.{exc.key}",
-            exc.reason,
-        ) from None
-    sim = schema.load(SimOptions, data["sim"], "sim") if "sim" in data else None
-    if sim is None:
+
+    def driver(section: str) -> DriverConfig | None:
+        if section not in tables:
+            return None
+        return _attempt(errors, None, lambda: _driver(section, tables[section], rig_dir)[0])
+
+    def required(section: str, what: str) -> None:
+        if section not in data:
+            errors.append(ConfigError(section, f"missing; a rig needs a [{section}] table{what}"))
+
+    info = _attempt(
+        errors, None, lambda: schema.load(RigInfo, tables.get("rig", {"name": path.stem}), "rig")
+    )
+    required("console", "")
+    console = driver("console")
+    power, common = _attempt(
+        errors, (None, CommonPowerOptions()), lambda: _power_table(tables, "power", rig_dir)
+    )
+    board_power, board_common = _attempt(
+        errors, (None, CommonPowerOptions()), lambda: _power_table(tables, "board_power", rig_dir)
+    )
+    reset = driver("reset")
+    required("broker", ' (driver = "auto" spawns one for the session)')
+    broker = driver("broker")
+    profile = _attempt(errors, None, lambda: _profile(tables))
+    sim = (
+        _attempt(errors, None, lambda: schema.load(SimOptions, tables["sim"], "sim"))
+        if ("sim" in tables)
+        else None
+    )
+    if "sim" not in data:
         for config, group in (
             (console, "console"),
             (power, "power"),
@@ -213,7 +246,12 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
             (reset, "reset"),
         ):
             if config and SIM_DIR in _options_text(config.options):
-                raise ConfigError(group, "uses {sim} but the rig has no [sim] table to start one")
+                errors.append(
+                    ConfigError(group, "uses {sim} but the rig has no [sim] table to start one")
+                )
+    if errors:
+        raise ConfigError.combine(errors)
+    assert info and console and broker and profile  # no error: every required part loaded
     caps = {"console", "mqtt"}
     if power:
         caps.add("power")
@@ -237,28 +275,82 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     )
 
 
+def _profile(tables: dict[str, Any]) -> DeviceProfile:
+    """The shipped profile `[profile] name` with the rig's [profile] and [limits] on top."""
+    profile_table = dict(tables.get("profile", {}))
+    profile_name = profile_table.pop("name", "reference")
+    limits = {"limits": tables["limits"]} if "limits" in tables else {}
+    try:
+        return load_profile(profile_name, schema.merge(profile_table, limits))
+    except ConfigError as exc:
+        raise ConfigError.combine(
+            [
+                e if e.key.startswith(("profile", "limits")) else e.under("profile")
+                for e in exc.errors
+            ]
+        ) from None
+
+
 def _power_table(
     data: dict[str, Any], section: str, rig_dir: Path
 ) -> tuple[DriverConfig | None, CommonPowerOptions]:
     """`[power]` (the modem's supply) and `[board_power]` (the device's) share one form."""
     if section not in data:
         return None, CommonPowerOptions()
-    config, rest = _driver(section, data[section], rig_dir, extra=("normally_closed",))
-    return config, schema.load(CommonPowerOptions, rest, section)
+    common_keys = tuple(f.name for f in dataclasses.fields(CommonPowerOptions))
+    errors: list[ConfigError] = []
+    config = _attempt(
+        errors, None, lambda: _driver(section, data[section], rig_dir, extra=common_keys)[0]
+    )
+    rest = {k: v for k, v in data[section].items() if k in common_keys}
+    common = _attempt(
+        errors, CommonPowerOptions(), lambda: schema.load(CommonPowerOptions, rest, section)
+    )
+    if errors:
+        raise ConfigError.combine(errors)
+    return config, common
 
 
 def load_rig(path: str | Path) -> Rig:
     """Read and validate a rig file; every error names the file and the key."""
     path = Path(path).expanduser().resolve()
-    if not path.is_file():
-        raise ConfigError(
-            "", f"rig file not found; `hil rigs check` takes a path like {DEFAULT_RIG}", path
-        )
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(_rig_text(path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("", f"not valid TOML: {exc}", path) from None
     try:
         return parse_rig(data, path)
     except ConfigError as exc:
         raise exc.in_file(path) from None
+
+
+def _rig_text(path: Path) -> str:
+    """The file's text; what cannot be read as UTF-8 TOML text is a ConfigError, not a traceback."""
+    if path.is_dir():
+        rigs = ", ".join(sorted(p.name for p in path.glob("*.toml"))) or "none"
+        raise ConfigError(
+            "", f"is a directory, not a rig file; give a rig file (rig files in it: {rigs})", path
+        )
+    if not path.is_file():
+        raise ConfigError(
+            "", f"rig file not found; `hil rigs check` takes a path like {DEFAULT_RIG}", path
+        )
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            "", f"cannot read the rig file ({exc.strerror}); check its permissions", path
+        ) from None
+    nul = raw.find(b"\0")
+    if nul >= 0:
+        raise ConfigError("", f"a binary file (NUL at byte {nul}), not a TOML rig file", path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "",
+            f"not UTF-8 text: byte {exc.start} is {raw[exc.start]:#04x}; save the rig file as "
+            "UTF-8",
+            path,
+        ) from None
+    return text

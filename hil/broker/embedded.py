@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil import schema
 from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, free_port
 
 
@@ -17,6 +18,12 @@ class EmbeddedOptions:
     host: str = "127.0.0.1"
     port: int = 0
     start_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.nonempty, self.host, "host", "host name or address to listen on")
+            check(schema.port, self.port, "port", free=True)
+            check(schema.positive, self.start_timeout_s, "start_timeout_s")
 
 
 class EmbeddedBroker(BrokerDriver):

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hil import schema
 from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, TlsFiles
 from hil.broker.auth import password_from_env
 
@@ -40,6 +41,10 @@ class ExternalOptions:
 
     def __post_init__(self) -> None:
         """Refuse keys that would do nothing, and a password sent in clear off this machine."""
+        with schema.Checks() as check:
+            check(schema.nonempty, self.host, "host", "host name of the lab's broker")
+            check(schema.port, self.port, "port")
+            check(schema.positive, self.connect_timeout_s, "connect_timeout_s")
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together (mutual TLS needs both)")
         if self.tls:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hil import schema
 from hil.broker import BrokerDriver, BrokerEndpoint, BrokerError, TlsFiles, free_port
 from hil.broker.auth import check_username, mosquitto_password_line, password_from_env
 from hil.broker.tls import BrokerPki
@@ -59,6 +60,11 @@ class MosquittoOptions:
     key: str | None = field(default=None, metadata=FILE)
 
     def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.nonempty, self.host, "host", "host name or address to listen on")
+            check(schema.port, self.port, "port", free=True)
+            check(schema.nonempty, self.executable, "executable", "mosquitto program")
+            check(schema.positive, self.start_timeout_s, "start_timeout_s")
         if self.username is not None:
             check_username(self.username)
         server = (self.cafile, self.certfile, self.keyfile)

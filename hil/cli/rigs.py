@@ -1,4 +1,8 @@
-"""`hil rigs check R`: validate a rig file and say what it found."""
+"""`hil rigs check R`: validate a rig file and say what it found.
+
+The exit status is 0 only for a rig fit to run: valid, its ports present and its password
+variable set. Anything listed to fix exits 1, so a script or CI step can rely on the check.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from hil.rig import load_rig
+from hil.rig import SIM_DIR, Rig, load_rig
 from hil.schema import ConfigError
 
 
@@ -15,20 +19,62 @@ def check(args: argparse.Namespace, extra: list[str]) -> int:
     try:
         rig = load_rig(args.path)
     except ConfigError as exc:
-        print(f"hil rigs check: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"hil rigs check: {line}", file=sys.stderr)
+        if len(exc.errors) > 1:
+            print(
+                f"hil rigs check: {len(exc.errors)} problems; fix them and check again",
+                file=sys.stderr,
+            )
         return 1
     print("\n".join(rig.summary()))
-    problems = 0
-    for group, config in (("console", rig.console), ("power", rig.power)):
-        port = getattr(config.options, "port", None) if config else None
-        if port and "{sim}" not in port:
-            present = Path(port).exists()
-            problems += not present
-            print(f"  {group} port {port}: {'present' if present else 'NOT PRESENT now'}")
-    variable = getattr(rig.broker.options, "password_env", None)
-    if variable:
-        is_set = variable in os.environ
-        problems += not is_set
-        print(f"  broker password variable {variable}: {'set' if is_set else 'NOT SET'}")
-    print(f"rig file OK{f', {problems} thing(s) to fix before a run' if problems else ''}")
+    problems = _ports(rig) + _password(rig)
+    if problems:
+        print(f"rig file OK, but {problems} thing(s) to fix before a run (exit status 1)")
+        return 1
+    print("rig file OK")
     return 0
+
+
+def _ports(rig: Rig) -> int:
+    """Print each port the rig names and whether it is there now; the number missing."""
+    missing = 0
+    for group, config in (
+        ("console", rig.console),
+        ("power", rig.power),
+        ("board_power", rig.board_power),
+    ):
+        options = config.options if config else None
+        port = getattr(options, "port", None)
+        if port and SIM_DIR not in port:
+            present = Path(port).exists()
+            missing += not present
+            print(f"  {group} port {port}: {'present' if present else 'NOT PRESENT now'}")
+        elif getattr(options, "match", None):
+            found = _match_present(options.match)
+            missing += found is not True
+            state = "present" if found is True else found or "NOT PRESENT now"
+            print(f"  {group} port {options.describe()}: {state}")
+    return missing
+
+
+def _match_present(match: dict[str, str]) -> bool | str:
+    """True when exactly one port answers to the udev `match`; else what was found instead."""
+    try:
+        from hil.discovery import UdevMatch, find_ports
+
+        found = find_ports(UdevMatch(**match))
+    except Exception as exc:  # no udev here (a container): say so rather than guess
+        return f"cannot look it up here ({exc})"
+    if len(found) > 1:
+        return f"{len(found)} ports answer; add serial or interface to match"
+    return bool(found)
+
+
+def _password(rig: Rig) -> int:
+    variable = getattr(rig.broker.options, "password_env", None)
+    if not variable:
+        return 0
+    is_set = variable in os.environ
+    print(f"  broker password variable {variable}: {'set' if is_set else 'NOT SET'}")
+    return not is_set

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 from dataclasses import dataclass
 
+from hil import schema
 from hil.power import PowerDriver, PowerError
 
 
@@ -14,6 +15,12 @@ class CommandOptions:
     on: str
     off: str
     timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.nonempty, self.on, "on", "command that switches the supply on")
+            check(schema.nonempty, self.off, "off", "command that switches the supply off")
+            check(schema.positive, self.timeout_s, "timeout_s")
 
 
 class CommandPower(PowerDriver):

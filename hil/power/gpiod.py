@@ -7,6 +7,7 @@ import glob
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hil import schema
 from hil.power import PowerDriver, PowerError
 
 if TYPE_CHECKING:
@@ -22,6 +23,12 @@ class GpiodOptions:
     line: int  # line offset on that chip
     active_low: bool = False  # the coil is energized by a low level; applied by libgpiod
     consumer: str = "hil-power"
+
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            check(schema.nonempty, self.chip, "chip", "GPIO chip device, e.g. /dev/gpiochip0")
+            check(schema.whole_range, self.line, "line", 0, what="a line offset")
+            check(schema.nonempty, self.consumer, "consumer", "consumer label")
 
 
 class GpiodPower(PowerDriver):

@@ -127,7 +127,8 @@ def test_profile_override_with_unknown_key(tmp_path: Path) -> None:
 
 def test_profile_override_with_bad_regex(tmp_path: Path) -> None:
     err = error_of(tmp_path, GOOD + "[profile.console]\npanic = '(unclosed'\n")
-    assert "console.panic is not a valid regular expression" in str(err)
+    assert err.key == "profile.console.panic"
+    assert "'(unclosed', expected a valid regular expression" in str(err)
 
 
 def test_unknown_profile(tmp_path: Path) -> None:
