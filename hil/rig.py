@@ -233,11 +233,9 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     required("broker", ' (driver = "auto" spawns one for the session)')
     broker = driver("broker")
     profile = _attempt(errors, None, lambda: _profile(tables))
-    sim = (
-        _attempt(errors, None, lambda: schema.load(SimOptions, tables["sim"], "sim"))
-        if ("sim" in tables)
-        else None
-    )
+    sim = None
+    if "sim" in tables:
+        sim = _attempt(errors, None, lambda: schema.load(SimOptions, tables["sim"], "sim"))
     if "sim" not in data:
         for config, group in (
             (console, "console"),

@@ -48,13 +48,13 @@ class LcusOptions:
 
     def __post_init__(self) -> None:
         with schema.Checks() as check:
-            if not 1 <= self.channel <= MAX_CHANNEL:
+            check(schema.whole_range, self.baud, "baud", 1, what="a baud rate")
+            check(schema.positive, self.reappear_s, "reappear_s")
+            if not 1 <= self.channel <= MAX_CHANNEL:  # joins the failures above
                 raise schema.ConfigError(
                     "channel",
                     f"channel must be 1 to {MAX_CHANNEL} (LCUS boards), got {self.channel}",
                 )
-            check(schema.whole_range, self.baud, "baud", 1, what="a baud rate")
-            check(schema.positive, self.reappear_s, "reappear_s")
 
 
 class _Board:
