@@ -18,9 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hil.cli.ota import KB, Refusal, deliver, device_version, rig_up
-from hil.dut import Dut
-from hil.measurements import Measurements
+from hil.cli.ota import KB, Refusal, deliver, device_version, rig_dut, rig_up
 from hil.mqtt import MqttRecorder
 from hil.ota import DEFAULT_WINDOW
 from hil.profile import DeviceProfile
@@ -169,7 +167,7 @@ async def runs_at(session: RigSession, rtt_ms: float, windows: list[int], size: 
     profile = session.rig.profile
     runs = []
     async with MqttRecorder(session.endpoint, [profile.mqtt.status_topic]) as mqtt:
-        dut = Dut(profile, session.console, mqtt, session.power, Measurements())
+        dut = rig_dut(session, mqtt)
         await device_version(dut)
         for window in windows:
             image = build_image(f"bench-{rtt_ms:g}-w{window}", size)

@@ -10,12 +10,12 @@ Lab CI runs the same checks before the suites with `pytest --hil-doctor`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hil.bringup import DeviceState, RigDown
 from hil.broker import BrokerError
 from hil.console import ConsoleBuffer, ConsoleTimeout
 from hil.lock import RigBusy
@@ -70,7 +70,7 @@ class Doctor:
             rig = load_rig(self.rig_path)
         except ConfigError as exc:
             self._add("rig file", FAIL, str(exc))
-            self._skip_rest("rig file", ("broker", "console", "relay", "device"))
+            self._skip_rest("rig file", ("broker", "bring-up", "console", "relay", "device"))
             return self.checks
         self._add("rig file", OK, f"{rig.name!r} from {rig.path}")
         session = RigSession(rig, self.workdir)
@@ -81,7 +81,7 @@ class Doctor:
         return self.checks
 
     async def _with_session(self, session: RigSession) -> None:
-        rest = ["broker", "console", "relay", "device"]
+        rest = ["broker", "bring-up", "console", "relay", "device"]
         try:
             session.start()
         except RigBusy as exc:
@@ -111,7 +111,9 @@ class Doctor:
             return
         try:
             self._add("broker", OK, f"connected to {endpoint} ({rig.broker.name})")
-            await self._settle(rig, session.console, recorder)
+            if not await self._bring_up(session, recorder):
+                self._skip_rest("bring-up", ("console", "relay", "device"))
+                return
             await self._console(rig, session.console, recorder)
             await self._relay(rig, session.power, session.console, recorder)
             await self._device(rig, recorder)
@@ -122,12 +124,25 @@ class Doctor:
         for name in names:
             self._add(name, SKIPPED, f"{failed} failed")
 
-    async def _settle(self, rig: Rig, console: ConsoleBuffer, mqtt: MqttRecorder) -> None:
-        """A twin has just booted its device: let it reach the broker before asking it things."""
-        if rig.sim is None:
-            return
-        with contextlib.suppress(MqttTimeout):  # the device check below says so
-            self._online_seen = await _online(rig, mqtt, rig.profile.limits.boot_s)
+    async def _bring_up(self, session: RigSession, mqtt: MqttRecorder) -> bool:
+        """Restart the device into a known state as a run would; False if it did not come up."""
+        state = DeviceState(session, mqtt)
+        try:
+            online = await state.bring_up()
+        except RigDown as exc:
+            self._add("bring-up", FAIL, str(exc))
+            return False
+        if online is None:
+            self._add("bring-up", SKIPPED, state.unknown or "no means to restart the device")
+            return True
+        self._online_seen = online.version
+        self._add(
+            "bring-up",
+            OK,
+            f"{online.means}: STATUS:ONLINE:{online.version} after {online.seconds:.1f} s "
+            f"(boot reason: {online.boot_reason})",
+        )
+        return True
 
     async def _console(self, rig: Rig, console: ConsoleBuffer, mqtt: MqttRecorder) -> None:
         port = getattr(rig.console.options, "port", None) or rig.console.name

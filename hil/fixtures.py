@@ -33,13 +33,12 @@ def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
     if rig is None:
         raise ConfigError("", "no rig file: pass --rig PATH (for example rigs/sim.toml)")
     store = request.config.stash[STORE_KEY]
-    if request.config.getoption("--hil-doctor"):
-        from hil.doctor import check_rig
-
-        check_rig(rig, store.root / "_doctor")
-    workdir = store.root / "_rig"
-    session = RigSession(rig, workdir, console_sink=store.sink("console.log"))
+    session = RigSession(rig, store.root / "_rig", console_sink=store.sink("console.log"))
     try:
+        if request.config.getoption("--hil-doctor"):
+            from hil.doctor import check_rig
+
+            check_rig(rig, store.root / "_doctor")
         session.start()
     except Exception as exc:  # a rig fault: every rig test errors with this one message
         raise RigDown(

@@ -141,23 +141,23 @@ def pytest_runtest_call(item: pytest.Item):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    report = yield
-    if call.when == "teardown":
+    if call.when == "teardown":  # before the report is made: it copies the properties
         measurements = item.stash.get(MEASUREMENTS_KEY, None)
         if measurements:
             item.user_properties.extend(measurements.properties())
+    report = yield
     if call.excinfo is not None and isinstance(call.excinfo.value, RIG_ERRORS):
-        report.longrepr = _rig_error_text(item.config, call.excinfo.value)
+        report.longrepr = _rig_error_text(item, call.excinfo.value)
     return report
 
 
-def _rig_error_text(config: pytest.Config, error: BaseException) -> str:
+def _rig_error_text(item: pytest.Item, error: BaseException) -> str:
     """A rig fault's diagnosis in full the first time, then one line pointing back to it."""
     text = f"{type(error).__name__}: {error}"
-    seen = config.stash.setdefault(RIG_ERRORS_SEEN_KEY, {})
+    seen = item.config.stash.setdefault(RIG_ERRORS_SEEN_KEY, {})
     if text in seen:
-        return f"{seen[text]} (the same rig error as above)"
-    seen[text] = text.splitlines()[0][:160]
+        return f"{type(error).__name__}: the same rig error as at {seen[text]}, shown above"
+    seen[text] = item.nodeid
     return text
 
 

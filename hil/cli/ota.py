@@ -23,6 +23,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
+from hil.bringup import DeviceState, RigDown, VersionUnknown
 from hil.broker import BrokerError
 from hil.dut import Dut
 from hil.measurements import Measurements
@@ -142,16 +143,27 @@ def _clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+def rig_dut(session: RigSession, mqtt: MqttRecorder) -> Dut:
+    """The device of a rig that is up, with the state bring-up will learn."""
+    state = DeviceState(session, mqtt)
+    return Dut(
+        session.rig.profile, session.console, mqtt, session.power, Measurements(), state=state
+    )
+
+
 async def device_version(dut: Dut) -> str:
-    """The version the device reports in STATUS:ONLINE, waiting up to the profile's boot limit."""
+    """Bring the device to a known state and return the version it then reports.
+
+    A device that is already running says nothing of its version until it reconnects, so it
+    is restarted with the rig's means (board power, reset); a rig without them must have a
+    retained STATUS:ONLINE, else the refusal names the table to add.
+    """
     try:
+        if dut.state is not None:
+            await dut.state.bring_up()
         return await dut.current_version()
-    except MqttTimeout:
-        raise Refusal(
-            f"the device did not report STATUS:ONLINE within {dut.limits.boot_s:g} s "
-            f"(limits.boot_s) on {dut.topics.status_topic!r}; it announces its version when it "
-            f"(re)connects: restart it, or check that it reaches the broker {dut.mqtt.endpoint}"
-        ) from None
+    except (RigDown, VersionUnknown) as exc:
+        raise Refusal(str(exc)) from None
 
 
 def after_success(dut: Dut, since: int) -> int:
@@ -195,7 +207,7 @@ async def push_to(session: RigSession, firmware: Firmware, args: argparse.Namesp
     assert session.endpoint is not None and session.console is not None
     profile = session.rig.profile
     async with MqttRecorder(session.endpoint, [profile.mqtt.status_topic]) as mqtt:
-        dut = Dut(profile, session.console, mqtt, session.power, Measurements())
+        dut = rig_dut(session, mqtt)
         current = await device_version(dut)
         if current == firmware.version and not args.force:
             raise Refusal(

@@ -33,7 +33,10 @@ def _parser(verb: str) -> argparse.ArgumentParser:
             "--board", action="store_true", help="the whole device's supply ([board_power])"
         )
         parser.add_argument(
-            "--off-s", type=float, default=None, metavar="S",
+            "--off-s",
+            type=float,
+            default=None,
+            metavar="S",
             help="how long `cycle` holds the supply off (default: the table's off_s)",
         )
     parser.add_argument("--rig", type=Path, default=DEFAULT_RIG, help=f"default {DEFAULT_RIG}")

@@ -29,31 +29,68 @@ log = logging.getLogger("hil.sim")
 def build_parser() -> argparse.ArgumentParser:
     defaults = SimOptions()
     p = argparse.ArgumentParser(prog="hil sim", description="Run the ESP32 + SIM7600 device twin.")
-    p.add_argument("--dir", type=Path, help="where the console and relay symlinks go"
-                   " (default: a new temporary directory)")
-    p.add_argument("--broker", metavar="HOST:PORT",
-                   help="MQTT broker the modem connects to (default: start a local one)")
-    p.add_argument("--profile", type=Path, metavar="FILE.json",
-                   help="resolved device profile as JSON (default: the reference profile)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        help="where the console and relay symlinks go (default: a new temporary directory)",
+    )
+    p.add_argument(
+        "--broker",
+        metavar="HOST:PORT",
+        help="MQTT broker the modem connects to (default: start a local one)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="FILE.json",
+        help="resolved device profile as JSON (default: the reference profile)",
+    )
     p.add_argument("--version", default=defaults.firmware_version, help="firmware version")
-    p.add_argument("--time-scale", type=float, default=defaults.time_scale,
-                   help="factor on modem boot and registration delays")
+    p.add_argument(
+        "--time-scale",
+        type=float,
+        default=defaults.time_scale,
+        help="factor on modem boot and registration delays",
+    )
     p.add_argument("--rtt-ms", type=float, default=defaults.rtt_ms, help="modem-broker round trip")
-    p.add_argument("--loss", type=float, default=defaults.loss,
-                   help="probability a packet needs a TCP retransmission")
-    p.add_argument("--fault", action="append", default=[], choices=FAULTS, metavar="NAME",
-                   help=f"switch on a firmware bug (repeatable): {', '.join(FAULTS)}")
+    p.add_argument(
+        "--loss",
+        type=float,
+        default=defaults.loss,
+        help="probability a packet needs a TCP retransmission",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        choices=FAULTS,
+        metavar="NAME",
+        help=f"switch on a firmware bug (repeatable): {', '.join(FAULTS)}",
+    )
     p.add_argument("--seed", type=int, default=defaults.seed, help="seed of the link model")
-    p.add_argument("--relay-channel", type=int, default=defaults.relay_channel,
-                   help="LCUS channel wired to the modem supply")
-    p.add_argument("--board-channel", type=int, default=defaults.board_channel,
-                   help="LCUS channel wired to the whole device's supply")
-    p.add_argument("--console", choices=CONSOLES, default=defaults.console,
-                   help="native-usb: the port vanishes on reset and loses what is printed while "
-                   "no host has it open; uart-bridge: the port stays across resets")
+    p.add_argument(
+        "--relay-channel",
+        type=int,
+        default=defaults.relay_channel,
+        help="LCUS channel wired to the modem supply",
+    )
+    p.add_argument(
+        "--board-channel",
+        type=int,
+        default=defaults.board_channel,
+        help="LCUS channel wired to the whole device's supply",
+    )
+    p.add_argument(
+        "--console",
+        choices=CONSOLES,
+        default=defaults.console,
+        help="native-usb: the port vanishes on reset and loses what is printed while "
+        "no host has it open; uart-bridge: the port stays across resets",
+    )
     p.add_argument("--username", help="broker user name the firmware sends in AT+CMQTTCONNECT")
-    p.add_argument("--password-env", metavar="VAR",
-                   help="environment variable holding the broker password")
+    p.add_argument(
+        "--password-env", metavar="VAR", help="environment variable holding the broker password"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log AT-level detail")
     return p
 
@@ -112,8 +149,12 @@ async def _serve(args: argparse.Namespace, options: SimOptions, profile: DeviceP
             "pid": os.getpid(),
         }
         print(json.dumps(ready), flush=True)
-        log.info("twin ready: console %s, relay %s, broker %s:%d", twin.console.link,
-                 twin.relay.link, *broker)
+        log.info(
+            "twin ready: console %s, relay %s, broker %s:%d",
+            twin.console.link,
+            twin.relay.link,
+            *broker,
+        )
         stopped = loop.create_task(stop.wait())
         failed = loop.create_task(twin.wait())
         done, pending = await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)

@@ -204,23 +204,25 @@ class SerialConsole(ConsoleBuffer):
 
     def _take(self, data: bytes) -> None:
         """Split what came into lines, looking only at the new bytes (never the whole line so
-        far), and cut a line that grows past MAX_LINE so memory stays bounded."""
+        far); a line that grows past MAX_LINE is passed on in MAX_LINE pieces, so memory stays
+        bounded and nothing is dropped."""
         *complete, rest = data.split(b"\n")
         for raw in complete:
             self._partial += raw
-            self._emit()
+            self._emit(bytes(self._partial))
+            self._partial.clear()
         self._partial += rest
-        if len(self._partial) > self.MAX_LINE:
-            self._emit()
+        while len(self._partial) >= self.MAX_LINE:
+            self._emit(bytes(self._partial[: self.MAX_LINE]))
+            del self._partial[: self.MAX_LINE]
 
-    def _emit(self) -> None:
-        raw, self._partial = bytes(self._partial), bytearray()
+    def _emit(self, raw: bytes) -> None:
         self.feed(raw.rstrip(b"\r").decode("utf-8", "replace"))
 
     def _flush_partial(self) -> None:
         if self._partial.strip():
-            self._emit()
-        self._partial = bytearray()
+            self._emit(bytes(self._partial))
+        self._partial.clear()
 
     def describe(self) -> str:
         return f"serial console {self.options.describe()} at {self.options.baud} baud"

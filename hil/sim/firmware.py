@@ -201,7 +201,10 @@ class Firmware:
         self, line: str, data: bytes | None = None, wait_for: str | None = None
     ) -> list[str]:
         return await self._at.command(
-            line, self._at_timeout, data=data, wait_for=wait_for,
+            line,
+            self._at_timeout,
+            data=data,
+            wait_for=wait_for,
             result_timeout=self._result_timeout,
         )
 
@@ -244,14 +247,22 @@ class Firmware:
         await self._cmd(f'AT+CCERTDOWN="{CA_NAME}",{len(pem)}', data=pem)
 
     async def _ssl(self) -> None:
-        for setting in ('"sslversion",0,4', '"authmode",0,1', f'"cacert",0,"{CA_NAME}"',
-                        '"enableSNI",0,1', '"ignorelocaltime",0,1'):
+        for setting in (
+            '"sslversion",0,4',
+            '"authmode",0,1',
+            f'"cacert",0,"{CA_NAME}"',
+            '"enableSNI",0,1',
+            '"ignorelocaltime",0,1',
+        ):
             await self._cmd(f"AT+CSSLCFG={setting}")
 
     async def _mqtt_setup(self) -> None:
         # Whatever a previous run left in the modem (it survives an ESP32 restart) goes first.
-        for line, result in (("AT+CMQTTDISC=0,120", "+CMQTTDISC:"), ("AT+CMQTTREL=0", None),
-                             ("AT+CMQTTSTOP", "+CMQTTSTOP:")):
+        for line, result in (
+            ("AT+CMQTTDISC=0,120", "+CMQTTDISC:"),
+            ("AT+CMQTTREL=0", None),
+            ("AT+CMQTTSTOP", "+CMQTTSTOP:"),
+        ):
             with contextlib.suppress(AtError):
                 await self._cmd(line, wait_for=result)
         try:
@@ -481,4 +492,3 @@ class Firmware:
             self._flash.stage(step.image)
             self._say("Rebooting...")
             raise Restart
-

@@ -358,8 +358,17 @@ class Sim7600:
 
     def csslcfg(self, cmd: Command) -> None:
         key = str(cmd.arg(0, str)).lower()
-        known = {"sslversion", "authmode", "cacert", "clientcert", "clientkey", "enablesni",
-                 "ignorelocaltime", "ciphersuites", "negotiatetime"}
+        known = {
+            "sslversion",
+            "authmode",
+            "cacert",
+            "clientcert",
+            "clientkey",
+            "enablesni",
+            "ignorelocaltime",
+            "ciphersuites",
+            "negotiatetime",
+        }
         if key not in known:
             raise AtSyntaxError(f"unknown CSSLCFG key {key!r}")
         ctx = int(cmd.arg(1, int))

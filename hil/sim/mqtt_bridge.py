@@ -35,6 +35,7 @@ def close_silent_sessions() -> None:
     for fd in list(_SILENT):
         _close_quietly(fd)
 
+
 # CONNACK refusal codes (MQTT 3.1/3.1.1) to the modem's +CMQTTCONNECT error codes.
 _REFUSED = {1: 27, 2: 28, 3: 29, 4: 30, 5: 31}
 SOCK_CONNECT_FAIL = 3
@@ -181,4 +182,3 @@ class BrokerSession:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
         self._reader = None
-

@@ -62,18 +62,31 @@ class TwinProcess:
         profile_path = dir / "profile.json"
         profile_path.write_text(json.dumps(schema.dump(profile), indent=2))
         argv = [
-            sys.executable, "-m", "hil.sim",
-            "--dir", str(dir),
-            "--broker", broker,
-            "--profile", str(profile_path),
-            "--version", options.firmware_version,
-            "--time-scale", repr(options.time_scale),
-            "--rtt-ms", repr(options.rtt_ms),
-            "--loss", repr(options.loss),
-            "--seed", str(options.seed),
-            "--relay-channel", str(options.relay_channel),
-            "--board-channel", str(options.board_channel),
-            "--console", options.console,
+            sys.executable,
+            "-m",
+            "hil.sim",
+            "--dir",
+            str(dir),
+            "--broker",
+            broker,
+            "--profile",
+            str(profile_path),
+            "--version",
+            options.firmware_version,
+            "--time-scale",
+            repr(options.time_scale),
+            "--rtt-ms",
+            repr(options.rtt_ms),
+            "--loss",
+            repr(options.loss),
+            "--seed",
+            str(options.seed),
+            "--relay-channel",
+            str(options.relay_channel),
+            "--board-channel",
+            str(options.board_channel),
+            "--console",
+            options.console,
         ]
         for fault in options.faults:
             argv += ["--fault", fault]
@@ -87,8 +100,12 @@ class TwinProcess:
         # Its own session, so a terminal's Ctrl-C reaches only the harness, which switches the
         # relay back on before stopping the twin; and it dies with the harness on SIGKILL.
         self._process = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=self._stderr_file, stdin=subprocess.DEVNULL,
-            start_new_session=True, preexec_fn=die_with_parent,
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr_file,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         try:
             self.ports = self._await_ready(timeout)
@@ -110,9 +127,7 @@ class TwinProcess:
         while b"\n" not in buffer:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise RuntimeError(
-                    f"device twin not ready within {timeout:.0f} s{self._tail()}"
-                )
+                raise RuntimeError(f"device twin not ready within {timeout:.0f} s{self._tail()}")
             readable, _, _ = select.select([stdout], [], [], min(left, 0.2))
             if readable:
                 chunk = os.read(stdout.fileno(), 4096)

@@ -1,10 +1,11 @@
 """The serial console against a pty pair: expect, incidents, and a port that vanishes."""
 
 import asyncio
+import os
 
 import pytest
 
-from hil.console import ConsoleTimeout, DeviceIncident, PortGone
+from hil.console import ConsoleBuffer, ConsoleTimeout, DeviceIncident, PortGone
 from hil.console.serial import ConsoleError, SerialConsole, SerialOptions
 from hil.profile import load_profile
 
@@ -133,16 +134,17 @@ async def test_port_found_by_udev_identity_comes_back_at_a_new_path(tmp_path, mo
     try:
         first.write_line("Rebooting...")
         await con.expect("Rebooting", timeout=2)
-        first.vanish()
-        present.clear()
-        await asyncio.sleep(AWAY_S)  # the board is off the bus for a while (the stimulus)
-        second = PtyPort(tmp_path / "ttyACM1")
-        present.append(second)
-        await until(lambda: con.reopened == 1, 3, "reopening at the new path")
         with con.reboot_expected():
+            first.vanish()
+            present.clear()
+            await asyncio.sleep(AWAY_S)  # the board is off the bus for a while (the stimulus)
+            second = PtyPort(tmp_path / "ttyACM1")
+            present.append(second)
+            await until(lambda: con.reopened == 1, 3, "reopening at the new path")
             second.write_line("rst:0xc (RTC_SW_CPU_RST),boot:0x8 (SPI_FAST_FLASH_BOOT)")
             await con.expect("RTC_SW_CPU_RST", timeout=2)
         assert con.incidents == []
+        assert con.vanished_since(0)
         assert con.port_path == str(tmp_path / "ttyACM1")
         texts = [line.text for line in con.lines]
         assert texts.index("Rebooting...") < texts.index(
@@ -153,3 +155,70 @@ async def test_port_found_by_udev_identity_comes_back_at_a_new_path(tmp_path, mo
         first.close()
         if second:
             second.close()
+
+
+async def test_a_port_that_vanishes_outside_a_planned_reboot_is_an_incident(pty_port) -> None:
+    """A native USB console shows a reset only by leaving the bus: that is an unplanned reboot."""
+    con = SerialConsole(SerialOptions(port=str(pty_port.link), reappear_s=3.0), PROFILE)
+    con.open(timeout=2)
+    try:
+        pty_port.write_line("State: STATE_RUNNING")
+        await con.expect("STATE_RUNNING", timeout=2)
+        pty_port.vanish()
+        pty_port.open()
+        await until(lambda: con.reopened == 1, 3, "reopening")
+        kinds = [incident.kind for incident in con.incidents]
+        assert kinds == ["unplanned reboot (the console port vanished)"]
+        assert "STATE_RUNNING" in con.incidents[0].describe()
+    finally:
+        con.close()
+
+
+async def test_a_path_that_points_at_a_new_node_is_a_vanished_port(pty_port, tmp_path) -> None:
+    """A udev symlink re-made for the re-enumerated device, while the old node reads nothing
+    (no read error): the console follows the path to the new node."""
+    from .conftest import PtyPort
+
+    con = SerialConsole(SerialOptions(port=str(pty_port.link), reappear_s=3.0), PROFILE)
+    con.open(timeout=2)
+    newer = PtyPort(tmp_path / "newer")
+    try:
+        old_node = con.port_path and os.path.realpath(con.port_path)
+        with con.reboot_expected():
+            pty_port.link.unlink()
+            pty_port.link.symlink_to(newer.slave_path)  # the old pty stays open and silent
+            await until(lambda: con.reopened == 1, 3, "following the path to the new node")
+            newer.write_line("Firmware 2.0.0 starting")
+            await con.expect("Firmware 2.0.0 starting", timeout=2)
+        assert os.path.realpath(pty_port.link) != old_node
+        assert con.vanished_since(0) and con.incidents == []
+    finally:
+        con.close()
+        newer.close()
+
+
+def test_a_line_without_end_is_passed_on_in_bounded_pieces() -> None:
+    """16 MiB without a newline: the unfinished line never grows past MAX_LINE, so each read
+    costs what it brings, and no byte is dropped."""
+    con = SerialConsole(SerialOptions(port="/dev/null"), PROFILE)
+    chunk = b"x" * 4000
+    held = 0
+    for _ in range(4200):
+        con._take(chunk)
+        held = max(held, len(con._partial))
+    assert held < con.MAX_LINE
+    assert {len(line.text) for line in con.lines} == {con.MAX_LINE}
+    assert len(con.lines) * con.MAX_LINE + len(con._partial) == 4000 * 4200
+
+
+def test_history_is_bounded_and_waiting_looks_only_at_new_lines() -> None:
+    con = ConsoleBuffer()
+    for n in range(con.HISTORY + 500):
+        con.feed(f"line {n}")
+    assert len(con.lines) == con.HISTORY
+    assert con.lines[0].index == 500  # indexes keep counting from the session's first line
+    assert [line.text for line in con.since(con.mark() - 2)] == [
+        f"line {con.HISTORY + 498}",
+        f"line {con.HISTORY + 499}",
+    ]
+    assert con.wait("line 3$", timeout=0.01, since=0) is None  # trimmed, not searched again

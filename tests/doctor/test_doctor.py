@@ -44,7 +44,13 @@ def test_virtual_rig_passes_every_check_and_is_given_back(capsys) -> None:
     code, table = doctor(capsys, "--rig", str(SIM_RIG), "--power-consent")
     assert code == 0, table
     assert {name: result for name, (result, _) in table.items()} == {
-        "broker": "ok", "console": "ok", "relay": "ok", "device": "ok"}
+        "broker": "ok",
+        "bring-up": "ok",
+        "console": "ok",
+        "relay": "ok",
+        "device": "ok",
+    }
+    assert table["bring-up"][1].startswith("board power cycle: STATUS:ONLINE:1.0.0")
     assert "Network lost" in table["relay"][1] and "echo answered" in table["device"][1]
     assert psutil.Process(os.getpid()).children(recursive=True) == []
 
@@ -60,8 +66,10 @@ def test_without_consent_the_relay_is_left_alone(capsys) -> None:
 def test_missing_console_port_is_a_failed_row_naming_it(capsys, tmp_path: Path) -> None:
     port = tmp_path / "ttyACM-gone"
     rig = tmp_path / "rig.toml"
-    rig.write_text(f'[console]\ndriver = "serial"\nport = "{port}"\nreappear_s = 0.3\n'
-                   '[broker]\ndriver = "mosquitto"\n')
+    rig.write_text(
+        f'[console]\ndriver = "serial"\nport = "{port}"\nreappear_s = 0.3\n'
+        '[broker]\ndriver = "mosquitto"\n'
+    )
     code, table = doctor(capsys, "--rig", str(rig))
     assert code == 1
     result, detail = table["console"]
@@ -73,9 +81,11 @@ def test_missing_console_port_is_a_failed_row_naming_it(capsys, tmp_path: Path) 
 def test_unreachable_broker_is_a_failed_row(capsys, tmp_path: Path) -> None:
     port = free_port()
     rig = tmp_path / "rig.toml"
-    rig.write_text('[console]\ndriver = "serial"\nport = "/dev/null"\n'
-                   f'[broker]\ndriver = "external"\nhost = "127.0.0.1"\nport = {port}\n'
-                   'tls = false\nconnect_timeout_s = 1.0\n')
+    rig.write_text(
+        '[console]\ndriver = "serial"\nport = "/dev/null"\n'
+        f'[broker]\ndriver = "external"\nhost = "127.0.0.1"\nport = {port}\n'
+        "tls = false\nconnect_timeout_s = 1.0\n"
+    )
     code, table = doctor(capsys, "--rig", str(rig))
     assert code == 1
     assert table["broker"][0] == "FAIL" and f"127.0.0.1:{port} is unreachable" in table["broker"][1]
@@ -107,14 +117,18 @@ def test_hil_doctor_option_makes_a_broken_rig_an_error_of_every_test(
     pytester: pytest.Pytester, tmp_path: Path
 ) -> None:
     rig = pytester.path / "rig.toml"
-    rig.write_text(f'[console]\ndriver = "serial"\nport = "{tmp_path / "gone"}"\n'
-                   'reappear_s = 0.3\n[broker]\ndriver = "mosquitto"\n')
+    rig.write_text(
+        f'[console]\ndriver = "serial"\nport = "{tmp_path / "gone"}"\n'
+        'reappear_s = 0.3\n[broker]\ndriver = "mosquitto"\n'
+    )
     pytester.makepyfile(test_inner=SUITE)
     result = pytester.runpytest("--rig", str(rig), "--hil-artifacts", "art", "--hil-doctor")
     result.assert_outcomes(errors=2, failed=0, passed=0)
     out = result.stdout.str()
     assert "RigError: hil doctor: rig 'rig' is not fit for a run: console:" in out
-    assert out.count("RigError: hil doctor") >= 2  # the one check reported on each test
+    # the diagnosis once, then one line per further test pointing back to it
+    assert out.count("is not fit for a run: console:") == 1, out
+    assert "RigDown: the same rig error as at test_inner.py::test_console_is_there" in out
 
 
 @needs_mosquitto

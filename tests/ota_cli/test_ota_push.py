@@ -105,7 +105,7 @@ def test_progress_prints_a_line_per_tenth_when_not_a_terminal():
     progress.finish()
     lines = stream.getvalue().splitlines()
     assert [line.split()[0] for line in lines] == [
-        f"{n * 1000:>5}/10000" .strip() for n in range(11)
+        f"{n * 1000:>5}/10000".strip() for n in range(11)
     ]
     assert all("kB/s" in line and "ETA" in line and "1 retransmissions" in line for line in lines)
 

@@ -35,21 +35,43 @@ async def test_fails_showing_its_locals(mqtt, broker, rig):
     assert endpoint is None, f"{endpoint!r} {endpoint} {rig.broker.options}"
 """
 
-TWIN_SUITE = SUITE + """
+TWIN_SUITE = (
+    SUITE
+    + """
 async def test_the_twin_logged_in_with_the_password(dut, broker):
-    await dut.wait_online()
+    await dut.current_version()
     assert any(c["username"] == "ESP32" for c in broker.connections())
 """
+)
 
 
 def run_and_collect(folder: Path, rig: Path, suite: str, env: dict[str, str]) -> str:
     """Run the suite; everything the run printed and wrote, as one text."""
     (folder / "test_inner.py").write_text(suite)
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-l", "-rA", "-v",
-         "--log-level=DEBUG", "--junitxml", "junit.xml", "--rig", str(rig),
-         "--hil-artifacts", "art", "test_inner.py"],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-l",
+            "-rA",
+            "-v",
+            "--log-level=DEBUG",
+            "--junitxml",
+            "junit.xml",
+            "--rig",
+            str(rig),
+            "--hil-artifacts",
+            "art",
+            "test_inner.py",
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     texts = [result.stdout, result.stderr]
     for path in [folder / "junit.xml", *(folder / "art").rglob("*")]:
@@ -74,9 +96,12 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 def test_virtual_rig_with_a_broker_password(tmp_path: Path, env: dict[str, str]) -> None:
     rig = tmp_path / "sim.toml"
-    rig.write_text(SIM_RIG.read_text().replace(
-        'driver = "auto"',
-        'driver = "mosquitto"\nusername = "ESP32"\npassword_env = "HIL_TEST_BROKER_PW"'))
+    rig.write_text(
+        SIM_RIG.read_text().replace(
+            'driver = "auto"',
+            'driver = "mosquitto"\nusername = "ESP32"\npassword_env = "HIL_TEST_BROKER_PW"',
+        )
+    )
     report = run_and_collect(tmp_path, rig, TWIN_SUITE, env)
     assert "2 passed" in outcome(report) and "1 failed" in outcome(report), report[-3000:]
     assert "HIL_TEST_BROKER_PW" in report  # the variable's name may be shown, never its value

@@ -71,11 +71,17 @@ async def refusal(endpoint: BrokerEndpoint) -> str:
 
 def test_openssl_accepts_the_generated_chain(lab_pki: BrokerPki) -> None:
     for issued in (lab_pki.server, lab_pki.client):
-        out = subprocess.run(["openssl", "verify", "-CAfile", str(lab_pki.ca), str(issued.cert)],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(lab_pki.ca), str(issued.cert)],
+            capture_output=True,
+            text=True,
+        )
         assert out.returncode == 0, out.stderr
-    text = subprocess.run(["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in",
-                           str(lab_pki.server.cert)], capture_output=True, text=True).stdout
+    text = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(lab_pki.server.cert)],
+        capture_output=True,
+        text=True,
+    ).stdout
     assert all(name in text for name in LOOPBACK_NAMES)
 
 
@@ -93,10 +99,34 @@ async def test_recorder_verifies_the_broker_against_the_ca(tmp_path: Path) -> No
 async def test_mutual_tls_with_password_and_mosquitto_sub(mutual: BrokerEndpoint) -> None:
     tls = mutual.tls
     sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", mutual.host, "-p", str(mutual.port), "-t", "server_cmd", "-C", "1",
-         "-W", "10", "-q", "1", "--cafile", str(tls.ca), "--cert", str(tls.cert), "--key",
-         str(tls.key), "-u", mutual.username, "-P", mutual.password],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "mosquitto_sub",
+            "-h",
+            mutual.host,
+            "-p",
+            str(mutual.port),
+            "-t",
+            "server_cmd",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-q",
+            "1",
+            "--cafile",
+            str(tls.ca),
+            "--cert",
+            str(tls.cert),
+            "--key",
+            str(tls.key),
+            "-u",
+            mutual.username,
+            "-P",
+            mutual.password,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         async with MqttRecorder(mutual, ["esp32_status"]) as mqtt:
@@ -115,17 +145,37 @@ async def test_mutual_tls_with_password_and_mosquitto_sub(mutual: BrokerEndpoint
 
 def test_mosquitto_sub_without_client_certificate_is_refused(mutual: BrokerEndpoint) -> None:
     out = subprocess.run(
-        ["mosquitto_sub", "-h", mutual.host, "-p", str(mutual.port), "-t", "t", "-C", "1",
-         "-W", "3", "--cafile", str(mutual.tls.ca), "-u", mutual.username, "-P", mutual.password],
-        capture_output=True, text=True, timeout=10,
+        [
+            "mosquitto_sub",
+            "-h",
+            mutual.host,
+            "-p",
+            str(mutual.port),
+            "-t",
+            "t",
+            "-C",
+            "1",
+            "-W",
+            "3",
+            "--cafile",
+            str(mutual.tls.ca),
+            "-u",
+            mutual.username,
+            "-P",
+            mutual.password,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
     )
     assert out.returncode != 0
 
 
 async def test_wrong_ca_is_named_with_the_fix(mutual: BrokerEndpoint, tmp_path: Path) -> None:
     other = Authority.create(tmp_path / "other", "some other CA")
-    message = await refusal(dataclasses.replace(mutual, tls=dataclasses.replace(mutual.tls,
-                                                                                ca=other.cert)))
+    message = await refusal(
+        dataclasses.replace(mutual, tls=dataclasses.replace(mutual.tls, ca=other.cert))
+    )
     assert f"cannot connect to broker {mutual}" in message
     assert f"server certificate not trusted by ca {other.cert}" in message
     assert "certificate verify failed" in message and "set [broker] ca" in message
@@ -163,7 +213,7 @@ def test_generated_keys_stay_out_of_the_workdir_and_go_at_stop(tmp_path: Path) -
     ("table", "complaint"),
     [
         ('tls = true\ncafile = "ca.pem"', "cafile, certfile and keyfile go together"),
-        ('require_certificate = true', "certificate keys need tls = true"),
+        ("require_certificate = true", "certificate keys need tls = true"),
         ('tls = true\ncert = "ca.pem"', "cert and key go together"),
     ],
 )
@@ -179,8 +229,10 @@ def test_rig_tls_keys_are_validated(tmp_path: Path, table: str, complaint: str) 
 def test_rig_tls_files_resolve_relative_to_the_rig(tmp_path: Path, lab_pki: BrokerPki) -> None:
     import tomllib
 
-    rig = (f'{RIG_HEAD}tls = true\ncafile = "pki/{lab_pki.ca.name}"\n'
-           f'certfile = "pki/{lab_pki.server.cert.name}"\n'
-           f'keyfile = "pki/{lab_pki.server.key.name}"\n')
+    rig = (
+        f'{RIG_HEAD}tls = true\ncafile = "pki/{lab_pki.ca.name}"\n'
+        f'certfile = "pki/{lab_pki.server.cert.name}"\n'
+        f'keyfile = "pki/{lab_pki.server.key.name}"\n'
+    )
     options = parse_rig(tomllib.loads(rig), tmp_path / "rig.toml").broker.options
     assert Path(options.cafile) == lab_pki.ca

@@ -30,35 +30,43 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoBro
 
 
 @pytest.fixture
-def start_twin(
-    mosquitto: MosquittoBroker, tmp_path: Path
-) -> Iterator[Callable[..., VirtualRig]]:
+def start_twin(mosquitto: MosquittoBroker, tmp_path: Path) -> Iterator[Callable[..., VirtualRig]]:
     """`start_twin(faults=[...], version=...)`: a twin on its own topics, online, watched."""
     cleanups: list[Callable[[], None]] = []
     endpoint: BrokerEndpoint = mosquitto.endpoint  # type: ignore[attr-defined]
 
     def start(
-        faults: list[str] | None = None, version: str = "1.0.0", rtt_ms: float = 0.0
+        faults: list[str] | None = None,
+        version: str = "1.0.0",
+        rtt_ms: float = 0.0,
+        console: str = "native-usb",
     ) -> VirtualRig:
         n = next(_counter)
-        profile = load_profile(overrides={
-            "firmware": FAST_FIRMWARE,
-            "ota": {"chunk_timeout_s": CHUNK_TIMEOUT_S},
-            "mqtt": {
-                "command_topic": f"t{n}/server_cmd",
-                "firmware_topic": f"t{n}/firmware/update",
-                "status_topic": f"t{n}/esp32_status",
-            },
-        })
+        profile = load_profile(
+            overrides={
+                "firmware": FAST_FIRMWARE,
+                "ota": {"chunk_timeout_s": CHUNK_TIMEOUT_S},
+                "mqtt": {
+                    "command_topic": f"t{n}/server_cmd",
+                    "firmware_topic": f"t{n}/firmware/update",
+                    "status_topic": f"t{n}/esp32_status",
+                },
+            }
+        )
         status = StatusWatch(endpoint.host, endpoint.port, profile.mqtt.status_topic)
         cleanups.append(status.close)
         twin = TwinProcess()
         cleanups.append(twin.stop)
         options = SimOptions(
-            firmware_version=version, time_scale=TIME_SCALE, rtt_ms=rtt_ms, faults=faults or []
+            firmware_version=version,
+            time_scale=TIME_SCALE,
+            rtt_ms=rtt_ms,
+            faults=faults or [],
+            console=console,
         )
-        ports = twin.start(tmp_path / f"twin{n}", f"{endpoint.host}:{endpoint.port}", profile,
-                           options)
+        ports = twin.start(
+            tmp_path / f"twin{n}", f"{endpoint.host}:{endpoint.port}", profile, options
+        )
         console = ConsoleLog(ports.console)
         cleanups.append(console.close)
         rig = VirtualRig(ports, profile, endpoint.host, endpoint.port, console, status)

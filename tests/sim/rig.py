@@ -93,9 +93,25 @@ class StatusWatch:
         self._subscribed = threading.Event()
         self._proc = subprocess.Popen(
             # -F %p: one line per message, an empty one for an empty payload (legal MQTT).
-            ["stdbuf", "-oL", "mosquitto_sub", "-d", "-h", host, "-p", str(port), "-t", topic,
-             "-q", "1", "-F", "%p"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            [
+                "stdbuf",
+                "-oL",
+                "mosquitto_sub",
+                "-d",
+                "-h",
+                host,
+                "-p",
+                str(port),
+                "-t",
+                topic,
+                "-q",
+                "1",
+                "-F",
+                "%p",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -149,14 +165,19 @@ def publish(host: str, port: int, topic: str, payloads: list[str]) -> None:
     """Publish each payload at QoS 1, in order, through one mosquitto_pub (one line each)."""
     subprocess.run(
         ["mosquitto_pub", "-h", host, "-p", str(port), "-t", topic, "-q", "1", "-l"],
-        input="".join(p + "\n" for p in payloads), text=True, check=True, timeout=30,
+        input="".join(p + "\n" for p in payloads),
+        text=True,
+        check=True,
+        timeout=30,
     )
 
 
 def openssl_encrypt(plaintext: str, key: bytes, iv: bytes) -> str:
     enc = subprocess.run(
         ["openssl", "enc", "-aes-256-cbc", "-K", key.hex(), "-iv", iv.hex()],
-        input=plaintext.encode(), capture_output=True, check=True,
+        input=plaintext.encode(),
+        capture_output=True,
+        check=True,
     ).stdout
     b64 = subprocess.run(["base64", "-w0"], input=enc, capture_output=True, check=True)
     return b64.stdout.decode()
@@ -169,7 +190,8 @@ def openssl_decrypt(b64: str, key: bytes, iv: bytes) -> bytes | None:
     ).stdout
     proc = subprocess.run(
         ["openssl", "enc", "-d", "-aes-256-cbc", "-K", key.hex(), "-iv", iv.hex()],
-        input=raw, capture_output=True,
+        input=raw,
+        capture_output=True,
     )
     return proc.stdout if proc.returncode == 0 else None
 

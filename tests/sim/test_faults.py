@@ -47,7 +47,7 @@ def test_ota_no_request(start_twin):
 
 
 def test_ota_skip_verify(start_twin):
-    rig = start_twin(["ota_skip_verify"])
+    rig = start_twin(["ota_skip_verify"], console="uart-bridge")
     image = bytearray(build_image("2.0.0", size=IMAGE_SIZE))
     image[100] ^= 0xFF
     mark = rig.ota_push(bytes(image))
@@ -92,7 +92,7 @@ def test_mqtt_v31(start_twin, mosquitto):
 
 
 def test_crash_on_bad_base64(start_twin):
-    rig = start_twin(["crash_on_bad_base64"])
+    rig = start_twin(["crash_on_bad_base64"], console="uart-bridge")
     mark = rig.console.mark()
     rig.command("not base64 !!")
     index, _ = rig.console.expect(r"^Guru Meditation Error: Core  0 panic'ed", rig.timeout, mark)

@@ -60,9 +60,10 @@ async def connected_modem(port: int) -> tuple[Sim7600, AtClient, list[asyncio.Ta
     await cmd("AT+CMQTTSTART", wait_for="+CMQTTSTART:")
     await cmd('AT+CMQTTACCQ=0,"probe",0')
     await cmd('AT+CMQTTCFG="version",0,4')
-    assert await cmd(
-        f'AT+CMQTTCONNECT=0,"tcp://127.0.0.1:{port}",60,1', wait_for="+CMQTTCONNECT:"
-    ) == "+CMQTTCONNECT: 0,0"
+    assert (
+        await cmd(f'AT+CMQTTCONNECT=0,"tcp://127.0.0.1:{port}",60,1', wait_for="+CMQTTCONNECT:")
+        == "+CMQTTCONNECT: 0,0"
+    )
     return modem, at, tasks
 
 
@@ -80,7 +81,9 @@ def test_unacknowledged_publish_answers_timeout() -> None:
             try:
                 await at.command("AT+CMQTTTOPIC=0,1", AT_TIMEOUT_S, b"t")
                 lines = await at.command(
-                    "AT+CMQTTPUB=0,1,60", AT_TIMEOUT_S, wait_for="+CMQTTPUB:",
+                    "AT+CMQTTPUB=0,1,60",
+                    AT_TIMEOUT_S,
+                    wait_for="+CMQTTPUB:",
                     result_timeout=RESULT_TIMEOUT_S,
                 )
                 assert lines[-1] == "+CMQTTPUB: 0,17"
@@ -102,8 +105,12 @@ def test_publish_without_payload_sends_an_empty_one() -> None:
                 else:
                     raise AssertionError("AT+CMQTTPAYLOAD=0,0 was accepted")
                 await at.command("AT+CMQTTTOPIC=0,1", AT_TIMEOUT_S, b"t")
-                await at.command("AT+CMQTTPUB=0,0,60", AT_TIMEOUT_S, wait_for="+CMQTTPUB:",
-                                 result_timeout=RESULT_TIMEOUT_S)
+                await at.command(
+                    "AT+CMQTTPUB=0,0,60",
+                    AT_TIMEOUT_S,
+                    wait_for="+CMQTTPUB:",
+                    result_timeout=RESULT_TIMEOUT_S,
+                )
                 packet = await asyncio.wait_for(received.get(), RESULT_TIMEOUT_S)
                 assert packet == b"\x30\x03\x00\x01t"  # PUBLISH QoS 0, topic "t", no payload
             finally:
