@@ -14,8 +14,23 @@ from pathlib import Path
 from typing import IO
 
 
-def default_root() -> Path:
-    return Path("hil-artifacts") / datetime.now().strftime("%Y%m%d-%H%M%S")
+def default_root(base: Path = Path("hil-artifacts")) -> Path:
+    """Claim a new run folder under `base`, named by its start time, and return it.
+
+    Two runs must never share a folder (their brokers' config files and twins' links would
+    collide), so the folder is made with an exclusive mkdir; a run that finds its name taken
+    adds a suffix. Names sort in the order the runs started.
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    n = 0
+    while True:
+        path = base / (f"{stamp}-{n:03d}" if n else stamp)
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
 
 
 def _folder_name(nodeid: str) -> str:
@@ -35,9 +50,11 @@ class ArtifactStore:
         self._lock = threading.Lock()
 
     def begin_test(self, nodeid: str) -> Path:
+        """Start `nodeid`'s folder now, so a test that fails before logging anything has one."""
         with self._lock:
             self._close_files()
             self.current = self.root / _folder_name(nodeid)
+            self.current.mkdir(parents=True, exist_ok=True)
             return self.current
 
     def end_test(self) -> None:
