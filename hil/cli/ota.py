@@ -280,6 +280,8 @@ def _positive(kind: type) -> object:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):  # nan passes `<= 0` and inf never runs out
+            raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, not {text}")
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
         return value

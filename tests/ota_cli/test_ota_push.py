@@ -87,6 +87,14 @@ def test_bad_window_is_a_usage_error(tmp_path, capsys):
     assert "--window" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_timeout_is_a_usage_error(tmp_path, capsys, value):
+    argv = ["push", str(tmp_path / "x.bin"), "--rig", "r.toml", "--timeout", value]
+    assert ota_cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--timeout: must be a finite number greater than 0, not {value}" in err, err
+
+
 class _Pipe(io.StringIO):
     def isatty(self) -> bool:
         return False
