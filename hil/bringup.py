@@ -223,13 +223,13 @@ class DeviceState:
         raise DeviceStoppedAnswering(f"{text}; {recovery}")
 
     async def _problem(self, marks: Marks, failed: bool) -> tuple[list[Incident], str] | None:
+        for power, what in ((self.session.power, "modem"), (self.session.board_power, "board")):
+            if power is not None and power.is_on is False:
+                return [], f"the test left the {what}'s power off"
         incidents = self.console.incidents_since(marks.console)
         if incidents:
             kinds = ", ".join(sorted({i.kind for i in incidents}))
             return incidents, f"the device had a {kinds}"
-        for power, what in ((self.session.power, "modem"), (self.session.board_power, "board")):
-            if power is not None and power.is_on is False:
-                return [], f"the test left the {what}'s power off"
         if self.console.gone:
             return [], f"the console is gone: {self.console.gone}"
         if self.online is None:
@@ -282,6 +282,7 @@ class DeviceState:
         rig = self.rig
         console = self.console
         port = getattr(console, "port_path", None) or console.describe()
+        port = f"port {port}" if port.startswith("/") else port
         lines = console.tail(TAIL)
         console_text = (
             "\n".join(f"      {line.format()}" for line in lines)
@@ -300,7 +301,7 @@ class DeviceState:
             f"the device on rig {rig.name!r} did not come online: {failure}\n"
             f"  tried: {means} ({self._means_detail(means)}), then waited for STATUS:ONLINE on "
             f"{topic!r} at {self.session.endpoint}\n"
-            f"  console {port}, last lines:\n{console_text}\n"
+            f"  console ({port}), last lines:\n{console_text}\n"
             f"  mqtt {topic!r}, last messages:\n{mqtt_text}\n"
             f"  fix: check the device's supply and cables, the [board_power]/[reset] tables "
             f"and [broker] of {rig.path}; `hil doctor --rig {rig.path}` checks each part"

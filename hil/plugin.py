@@ -166,9 +166,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if device is None:
         return
     if device.down:
-        terminalreporter.write_sep("=", "hil: the device could not be brought online", red=True)
-        terminalreporter.write_line(device.down)
-    elif device.online is not None:
+        return  # its diagnosis stands in full in the first error above
+    if device.online is not None:
         up = device.online
         terminalreporter.write_line(
             f"hil: device came up as {up.version} by {up.means} in {up.seconds:.1f} s "
