@@ -183,7 +183,6 @@ class DeviceState:
                 'on the device\'s supply) or [reset] (driver = "esp-serial" or "command") to '
                 f"{self.rig.path}"
             )
-            log.warning("%s", self.unknown)
             return None
         version = self._online_re.fullmatch(record.text)["version"]
         self.online = Online(version, "retained STATUS:ONLINE", "unknown", 0.0, record.time)

@@ -148,6 +148,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     if call.excinfo is not None and isinstance(call.excinfo.value, RIG_ERRORS):
         report.longrepr = _rig_error_text(item, call.excinfo.value)
+        if call.when == "call":
+            # Raised inside the test (the version it needs is unknown, the broker went away):
+            # still the rig's fault, so an error wherever results are read, JUnit included,
+            # which counts only setup and teardown failures as errors.
+            report.when = "setup"
     return report
 
 
@@ -173,5 +178,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             f"hil: device came up as {up.version} by {up.means} in {up.seconds:.1f} s "
             f"(boot reason: {up.boot_reason})"
         )
-    elif device.unknown:
+    elif device.unknown and not any(
+        device.unknown in shown for shown in config.stash.get(RIG_ERRORS_SEEN_KEY, {})
+    ):  # said here only when no test's error said it already
         terminalreporter.write_line(f"hil: {device.unknown}", yellow=True)
