@@ -205,6 +205,8 @@ class DeviceState:
 
         Runs the check on the session's event loop, which is idle between tests.
         """
+        if self.mqtt.lost is not None:
+            self.down = str(self.mqtt.lost)  # nothing more can be asked of the device
         if self.down or self.loop.is_closed() or self.loop.is_running():
             return
         problem = self.loop.run_until_complete(self._problem(marks, failed is not None))

@@ -24,6 +24,8 @@ import aiomqtt
 
 from hil.broker import BrokerEndpoint, BrokerError
 
+log = logging.getLogger("hil.mqtt")
+
 Match = str | re.Pattern[str] | Callable[["MqttRecord"], bool] | None
 
 
@@ -139,8 +141,15 @@ def _matches(record: MqttRecord, match: Match) -> bool:
     return bool(match(record))
 
 
+class BrokerLost(BrokerError):
+    """The broker went away mid-run and did not come back: the rig is at fault."""
+
+
 class MqttRecorder:
     """One client connection for a test session, subscribed to the device's status topic."""
+
+    RECONNECT_S = 10.0
+    RECONNECT_POLL_S = 0.5
 
     def __init__(
         self, endpoint: BrokerEndpoint, subscribe: list[str], client_id: str | None = None
@@ -155,13 +164,10 @@ class MqttRecorder:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Condition()
         self._taps: dict[str, list[asyncio.Queue[MqttRecord]]] = {}
+        self.lost: BrokerLost | None = None
 
-    async def __aenter__(self) -> MqttRecorder:
-        errors = _ConnectErrors(asyncio.get_running_loop())
-        paho_log = logging.getLogger(f"hil.mqtt.{self.client_id}")
-        paho_log.addHandler(errors)
-        paho_log.propagate = False
-        self._client = aiomqtt.Client(
+    def _new_client(self, logger: logging.Logger) -> aiomqtt.Client:
+        return aiomqtt.Client(
             self.endpoint.host,
             self.endpoint.port,
             username=self.endpoint.username,
@@ -170,8 +176,15 @@ class MqttRecorder:
             protocol=aiomqtt.ProtocolVersion.V311,
             tls_context=tls_context(self.endpoint),
             timeout=10,
-            logger=paho_log,
+            logger=logger,
         )
+
+    async def __aenter__(self) -> MqttRecorder:
+        errors = _ConnectErrors(asyncio.get_running_loop())
+        paho_log = logging.getLogger(f"hil.mqtt.{self.client_id}")
+        paho_log.addHandler(errors)
+        paho_log.propagate = False
+        self._client = self._new_client(paho_log)
         connect = asyncio.ensure_future(self._client.__aenter__())
         dropped = asyncio.ensure_future(errors.seen.wait())
         try:
@@ -211,16 +224,56 @@ class MqttRecorder:
             self._client = None
 
     async def _read(self) -> None:
-        assert self._client is not None
-        async for message in self._client.messages:
-            payload = message.payload
-            if isinstance(payload, str):
-                payload = payload.encode()
-            elif not isinstance(payload, bytes | bytearray):
-                payload = str(payload).encode()
-            await self._add(
-                "in", message.topic.value, message.qos, bytes(payload), bool(message.retain)
-            )
+        """Record what comes in; a dropped connection is taken up again, or reported."""
+        while True:
+            assert self._client is not None
+            try:
+                async for message in self._client.messages:
+                    payload = message.payload
+                    if isinstance(payload, str):
+                        payload = payload.encode()
+                    elif not isinstance(payload, bytes | bytearray):
+                        payload = str(payload).encode()
+                    await self._add(
+                        "in", message.topic.value, message.qos, bytes(payload), bool(message.retain)
+                    )
+                return
+            except aiomqtt.MqttError as exc:
+                if not await self._reconnect(exc):
+                    return
+
+    async def _reconnect(self, cause: Exception) -> bool:
+        """Connect again within RECONNECT_S (a broker restart); else every wait and publish
+        fails with BrokerLost, a rig error naming the broker, not a device timeout."""
+        log.warning("lost the connection to broker %s: %s; reconnecting", self.endpoint, cause)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._client.__aexit__(None, None, None), 1.0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.RECONNECT_S
+        last: Exception = cause
+        while loop.time() < deadline:
+            client = self._new_client(logging.getLogger(f"hil.mqtt.{self.client_id}"))
+            try:
+                async with asyncio.timeout(max(0.1, deadline - loop.time())):
+                    await client.__aenter__()
+                    for topic in self.topics:
+                        await client.subscribe(topic, qos=1)
+            except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+                last = exc
+                await asyncio.sleep(self.RECONNECT_POLL_S)  # paces the retries, bounded above
+                continue
+            self._client = client
+            log.warning("reconnected to broker %s", self.endpoint)
+            return True
+        self.lost = BrokerLost(
+            f"lost the connection to broker {self.endpoint} ({cause}) and could not reconnect "
+            f"within {self.RECONNECT_S:g} s ({last}); check that the broker is running and "
+            "reachable ([broker] in the rig file)"
+        )
+        async with self._changed:
+            self._changed.notify_all()
+        return False
 
     async def _add(
         self, direction: str, topic: str, qos: int, payload: bytes, retain: bool = False
@@ -240,11 +293,19 @@ class MqttRecorder:
 
     async def publish(self, topic: str, payload: str | bytes, qos: int = 1) -> MqttRecord:
         """Publish and record; with QoS 1 this returns once the broker has acknowledged it."""
+        if self.lost is not None:
+            raise self.lost
         if self._client is None:
             raise BrokerError("MQTT client used outside its session")
         data = payload.encode() if isinstance(payload, str) else payload
         record = await self._add("out", topic, qos, data)
-        await self._client.publish(topic, data, qos=qos)
+        try:
+            await self._client.publish(topic, data, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise BrokerLost(
+                f"could not publish to broker {self.endpoint}: {exc}; check that the broker is "
+                "running and reachable ([broker] in the rig file)"
+            ) from None
         return record
 
     def mark(self) -> int:
@@ -282,6 +343,8 @@ class MqttRecorder:
                         self.cursor = record.index + 1
                         return record
                 start = len(self.records)
+                if self.lost is not None:
+                    raise self.lost
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     raise MqttTimeout(self._timeout_message(topic, match, timeout))

@@ -16,6 +16,7 @@ import pytest
 
 from hil.artifacts import ArtifactStore, default_root
 from hil.bringup import DeviceState, RigDown, VersionUnknown
+from hil.broker import BrokerError
 from hil.lifetime import UNWIND_SIGNALS
 from hil.measurements import Measurements
 from hil.rig import DEFAULT_RIG, Rig, load_rig
@@ -27,7 +28,8 @@ STORE_KEY = pytest.StashKey[ArtifactStore]()
 MEASUREMENTS_KEY = pytest.StashKey[Measurements]()
 DEVICE_KEY = pytest.StashKey[DeviceState]()
 RIG_ERRORS_SEEN_KEY = pytest.StashKey[dict[str, str]]()
-RIG_ERRORS = (RigDown, VersionUnknown, ConfigError)  # the rig is at fault: error, not fail
+# The rig is at fault: error, not fail.
+RIG_ERRORS = (RigDown, VersionUnknown, ConfigError, BrokerError)
 CAPABILITY_HINTS = {
     "power": "it has no [power] table",
     "board_power": "it has no [board_power] table",
