@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
+from types import FrameType
 
 PR_SET_PDEATHSIG = 1
 # Loaded here, in the parent: the child between fork and exec must not take the loader's locks.
@@ -34,25 +35,38 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-UNWIND_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+UNWIND_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # a CI runner cancelling, a closed terminal
 
 
 @contextlib.contextmanager
-def interrupts_unwind() -> Iterator[None]:
-    """SIGTERM (a CI runner cancelling a job) and SIGHUP (a closed terminal) unwind like
-    Ctrl-C while the block runs, so every `finally` gives the rig back: power on, ports closed,
-    children stopped, temporary folders removed. Outside the main thread it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def signals_as_interrupt(
+    signals: tuple[signal.Signals, ...] = UNWIND_SIGNALS,
+) -> Iterator[list[signal.Signals]]:
+    """While the block runs, `signals` unwind like Ctrl-C, so the rig is given back on them too.
+
+    Each is handed to the SIGINT handler in force: asyncio.run's, which cancels the push so
+    every `finally` runs, or Python's, which raises KeyboardInterrupt. Yields the signals
+    received. A repeat is ignored: it would break the teardown it is waiting for. A signal
+    already ignored (nohup) stays ignored; the previous handlers come back after the block.
+    """
+    received: list[signal.Signals] = []
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        if received:
+            return
+        received.append(signal.Signals(signum))
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):  # SIGINT ignored or default: still unwind
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
     previous = {}
-    for sig in UNWIND_SIGNALS:
-        handler = signal.getsignal(sig)
-        if handler in (signal.SIG_DFL, None):  # a handler someone else set is theirs to keep
-            previous[sig] = handler
-            signal.signal(sig, signal.default_int_handler)
+    if threading.current_thread() is threading.main_thread():  # handlers live in main only
+        for sig in signals:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, interrupt)
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+            signal.signal(sig, handler)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from hil.doctor import FAIL, format_table, run_checks
+from hil.lifetime import signals_as_interrupt
 from hil.rig import DEFAULT_RIG
 
 
@@ -22,8 +24,16 @@ def main(argv: list[str] | None = None) -> int:
         help="allow one power cut of the modem to check the relay",
     )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="hil-doctor-") as workdir:
-        checks = run_checks(args.rig, Path(workdir), args.power_consent)
+    # SIGTERM mid power cut unwinds like Ctrl-C: the relay back on, the twin and broker
+    # stopped, the temporary folder removed.
+    with signals_as_interrupt() as received:
+        try:
+            with tempfile.TemporaryDirectory(prefix="hil-doctor-") as workdir:
+                checks = run_checks(args.rig, Path(workdir), args.power_consent)
+        except KeyboardInterrupt:
+            sig = received[0] if received else signal.SIGINT
+            print(f"hil doctor: interrupted by {sig.name}; the rig was given back", file=sys.stderr)
+            return 128 + sig
     print(format_table(checks))
     failed = sum(c.result == FAIL for c in checks)
     print(f"{failed} check(s) failed" if failed else "rig OK")

@@ -15,17 +15,16 @@ import math
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 from hil.bringup import DeviceState, RigDown, VersionUnknown
 from hil.broker import BrokerError
 from hil.dut import Dut
+from hil.lifetime import signals_as_interrupt
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.ota import DEFAULT_WINDOW, OtaError, OtaResult
@@ -321,40 +320,6 @@ def _parser() -> argparse.ArgumentParser:
         help="where the broker and twin keep their files (default: a temporary directory)",
     )
     return parser
-
-
-@contextlib.contextmanager
-def signals_as_interrupt(
-    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGHUP),
-) -> Iterator[list[signal.Signals]]:
-    """While the block runs, `signals` unwind like Ctrl-C, so the rig is given back on them too.
-
-    Each is handed to the SIGINT handler in force: asyncio.run's, which cancels the push so
-    every `finally` runs, or Python's, which raises KeyboardInterrupt. Yields the signals
-    received. A repeat is ignored: it would break the teardown it is waiting for. A signal
-    already ignored (nohup) stays ignored; the previous handlers come back after the block.
-    """
-    received: list[signal.Signals] = []
-
-    def interrupt(signum: int, frame: FrameType | None) -> None:
-        if received:
-            return
-        received.append(signal.Signals(signum))
-        handler = signal.getsignal(signal.SIGINT)
-        if not callable(handler):  # SIGINT ignored or default: still unwind
-            raise KeyboardInterrupt
-        handler(signal.SIGINT, frame)
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():  # handlers live in main only
-        for sig in signals:
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, interrupt)
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def main(argv: list[str]) -> int:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from hil.lifetime import interrupts_unwind
+from hil.lifetime import signals_as_interrupt
 from hil.lock import RigBusy, RigLock
 from hil.power import PowerDriver, PowerError
 from hil.reset import ResetError
@@ -124,17 +125,18 @@ def main(argv: list[str], verb: str = "power") -> int:
         args = _parser(verb).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    try:
-        with interrupts_unwind():
+    with signals_as_interrupt() as received:
+        try:
             rig = _load(args.rig)
             if verb == "power":
                 print(switch(rig, args.action, args.board, args.off_s))
             else:
                 print(reset(rig))
-    except Refusal as exc:
-        print(f"hil {verb}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"hil {verb}: interrupted; power left on", file=sys.stderr)
-        return 130
+        except Refusal as exc:
+            print(f"hil {verb}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            sig = received[0] if received else signal.SIGINT
+            print(f"hil {verb}: interrupted by {sig.name}; power left on", file=sys.stderr)
+            return 128 + sig
     return 0
