@@ -15,6 +15,7 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -200,7 +201,12 @@ class DeviceState:
     def marks(self) -> Marks:
         return Marks(self.console.mark(), self.mqtt.mark())
 
-    def after_test(self, marks: Marks, failed: BaseException | None = None) -> None:
+    def after_test(
+        self,
+        marks: Marks,
+        failed: BaseException | None = None,
+        restarted: Callable[[str, str], None] | None = None,
+    ) -> None:
         """Check the device answers after a test; charge the test and restart it if not.
 
         Runs the check on the session's event loop, which is idle between tests.
@@ -214,6 +220,8 @@ class DeviceState:
             return
         incidents, text = problem
         recovery = self.loop.run_until_complete(self._recover())
+        if restarted is not None:
+            restarted(text, recovery)
         if failed is not None:
             failed.add_note(f"hil: after this test {text}; {recovery}")
             return

@@ -106,7 +106,11 @@ async def hil_device(
     """The device restarted into a known state (or the reason it could not be)."""
     state = DeviceState(hil_session, hil_mqtt)
     request.config.stash[DEVICE_KEY] = state
-    await state.bring_up()
+    online = await state.bring_up()
+    if online is not None:
+        request.config.hook.pytest_hil_online(
+            config=request.config, rig=hil_session.rig, online=online
+        )
     return state
 
 

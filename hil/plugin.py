@@ -37,6 +37,12 @@ CAPABILITY_HINTS = {
 }
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from hil import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hil", "hardware-in-the-loop")
     group.addoption(
@@ -132,12 +138,16 @@ def pytest_runtest_call(item: pytest.Item):
     if not isinstance(device, DeviceState):
         return (yield)
     marks = device.marks()
+
+    def restarted(problem: str, recovery: str) -> None:
+        item.config.hook.pytest_hil_restarted(item=item, problem=problem, recovery=recovery)
+
     try:
         result = yield
     except Exception as exc:
-        device.after_test(marks, failed=exc)
+        device.after_test(marks, failed=exc, restarted=restarted)
         raise
-    device.after_test(marks)
+    device.after_test(marks, restarted=restarted)
     return result
 
 
