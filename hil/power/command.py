@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from dataclasses import dataclass
 
 from hil import schema
 from hil.power import PowerDriver, PowerError
+from hil.shell import CommandFailed, run_command
 
 
 @dataclass(frozen=True)
@@ -38,27 +37,9 @@ class CommandPower(PowerDriver):
 
     def _run(self, command: str) -> None:
         try:
-            result = subprocess.run(
-                shlex.split(command),
-                capture_output=True,
-                # Lab scripts and PDU tools print what they like; a stray byte must not hide
-                # the exit status behind a UnicodeDecodeError.
-                encoding="utf-8",
-                errors="replace",
-                timeout=self.options.timeout_s,
-                check=False,
-            )
-        except FileNotFoundError:
-            raise PowerError(f"power command {command!r}: program not found; fix [power]") from None
-        except subprocess.TimeoutExpired:
-            raise PowerError(
-                f"power command {command!r} did not finish in {self.options.timeout_s} s"
-            ) from None
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or [""]
-            raise PowerError(
-                f"power command {command!r} exited with {result.returncode}: {tail[0]}"
-            )
+            run_command(command, self.options.timeout_s)
+        except CommandFailed as exc:
+            raise PowerError(f"power {exc}; fix [{self.section}]") from None
 
     def describe(self) -> str:
         return f"command power ({self.options.on!r} / {self.options.off!r})"
