@@ -209,9 +209,13 @@ class SerialConsole(ConsoleBuffer):
         *complete, rest = data.split(b"\n")
         for raw in complete:
             self._partial += raw
+            self._emit_pieces()  # a long line ending in this read is pieced too, not cut
             self._emit(bytes(self._partial))
             self._partial.clear()
         self._partial += rest
+        self._emit_pieces()
+
+    def _emit_pieces(self) -> None:
         while len(self._partial) >= self.MAX_LINE:
             self._emit(bytes(self._partial[: self.MAX_LINE]))
             del self._partial[: self.MAX_LINE]
