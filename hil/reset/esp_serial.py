@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hil.console.serial import ConsoleError
 from hil.reset import ResetDriver, ResetError
 
 MODES = ("classic", "usb-jtag")
@@ -54,6 +55,8 @@ class EspSerialReset(ResetDriver):
                 # found before the pulse by reading the lines (TIOCMGET) once.
                 _ = port.cts
                 strategy(port)()
+        except ConsoleError as exc:  # the port is away (the chip is restarting, or off)
+            raise ResetError(f"{self.describe()}: {exc}") from None
         except OSError as exc:
             raise ResetError(
                 f"{self.describe()}: the console port's DTR/RTS lines cannot be driven ({exc}); "

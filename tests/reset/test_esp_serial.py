@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import serial
 
+from hil.console.serial import ConsoleError
 from hil.reset import ResetError
 from hil.reset.esp_serial import EspSerialOptions, EspSerialReset
 
@@ -217,3 +218,18 @@ def test_an_unknown_mode_is_refused() -> None:
 
 def test_esp_serial_can_start_the_loader() -> None:
     assert EspSerialReset.can_enter_bootloader
+
+
+class AwayConsole:
+    """A console whose port is away (the chip restarting or unpowered)."""
+
+    @contextlib.contextmanager
+    def lend_port(self):
+        raise ConsoleError("console port /dev/ttyACM0 is not open (the device is away)")
+        yield
+
+
+def test_a_console_whose_port_is_away_is_a_reset_error(tmp_path: Path) -> None:
+    driver = EspSerialReset(EspSerialOptions(mode="usb-jtag"), tmp_path, AwayConsole())
+    with pytest.raises(ResetError, match=r"usb-jtag.*not open \(the device is away\)"):
+        driver.reset()
