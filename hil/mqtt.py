@@ -27,6 +27,9 @@ from hil.broker import BrokerEndpoint, BrokerError
 log = logging.getLogger("hil.mqtt")
 
 Match = str | re.Pattern[str] | Callable[["MqttRecord"], bool] | None
+# What a record keeps of a payload: the modem's own limit is 10,240 bytes a publish, so anything
+# longer is already wrong, and its first 64 KiB say enough about it.
+MAX_PAYLOAD = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,13 @@ class MqttRecord:
     direction: str  # "in" (from the broker) or "out" (published by the harness)
     topic: str
     qos: int
-    payload: bytes
+    payload: bytes  # at most MAX_PAYLOAD bytes of it: see `size`
     retain: bool = False  # the broker's stored copy, sent on subscribing, not a live message
+    size: int = -1  # the payload's real length when it was cut, else -1
+
+    @property
+    def cut(self) -> bool:
+        return self.size >= 0
 
     @property
     def text(self) -> str:
@@ -56,6 +64,7 @@ class MqttRecord:
                 "qos": self.qos,
                 "payload": payload,
                 "encoding": encoding,
+                **({"size": self.size} if self.cut else {}),
             }
         )
 
@@ -278,9 +287,11 @@ class MqttRecorder:
     async def _add(
         self, direction: str, topic: str, qos: int, payload: bytes, retain: bool = False
     ) -> MqttRecord:
+        size = len(payload) if len(payload) > MAX_PAYLOAD else -1
+        payload = payload[:MAX_PAYLOAD]  # a flood of huge messages must not fill memory
         async with self._changed:
             record = MqttRecord(
-                len(self.records), time.time(), direction, topic, qos, payload, retain
+                len(self.records), time.time(), direction, topic, qos, payload, retain, size
             )
             self.records.append(record)
             self._changed.notify_all()
