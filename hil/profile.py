@@ -120,8 +120,8 @@ class OtaContract:
 
 @dataclass(frozen=True)
 class StatusContract:
-    online: str = r"^STATUS:ONLINE:(?P<version>\S+)$"
-    heartbeat: str = r"^STATUS:HEARTBEAT:(?P<uptime>\d+)$"
+    online: str = r"^STATUS:ONLINE:(?P<version>\S{1,31})$"
+    heartbeat: str = r"^STATUS:HEARTBEAT:(?P<uptime>[0-9]{1,10})$"
 
     def __post_init__(self) -> None:
         with schema.Checks() as check:  # the harness reads these groups

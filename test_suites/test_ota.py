@@ -148,15 +148,21 @@ async def test_power_cut_mid_update_keeps_old_firmware_and_next_update_succeeds(
     total = ota.chunk_count(len(image), dut.profile.ota.chunk_data_size)
     since = dut.mqtt.mark()
     push = asyncio.create_task(dut.ota(image))
-    await dut.mqtt.expect(
-        dut.topics.status_topic,
-        lambda r: isinstance(p := ota.parse_reply(r.text), ota.Progress) and p.number >= total // 3,
-        dut.limits.ota_reply_s * 3,
-        since=since,
-    )
-    await dut.power_cut(dut.profile.firmware.retry_delay_s)
-    with pytest.raises(OtaError):
-        await push
+    try:
+        await dut.mqtt.expect(
+            dut.topics.status_topic,
+            lambda r: (
+                isinstance(p := ota.parse_reply(r.text), ota.Progress) and p.number >= total // 3
+            ),
+            dut.limits.ota_reply_s * 3,
+            since=since,
+        )
+        await dut.power_cut(dut.profile.firmware.retry_delay_s)
+        with pytest.raises(OtaError):
+            await push
+    finally:  # a failed wait must not leave the push running into the next test
+        push.cancel()
+        await asyncio.gather(push, return_exceptions=True)
     assert await dut.wait_online(dut.limits.recovery_s, since=since) == before
 
     image, version = new_image("after-cut")

@@ -45,10 +45,10 @@ def _split_args(text: str) -> tuple[Arg, ...]:
             end = text.find(",", i)
             end = len(text) if end < 0 else end
             raw = text[i:end].strip()
-            try:
-                args.append(int(raw))
-            except ValueError:
-                raise AtSyntaxError(f"not a number: {raw!r}") from None
+            digits = raw.removeprefix("-")
+            if not (digits.isascii() and digits.isdigit() and len(digits) <= 10):
+                raise AtSyntaxError(f"not a number: {raw!r}")  # the module reads ASCII only
+            args.append(int(raw))
             i = end
         i += 1
     return tuple(args)

@@ -68,10 +68,9 @@ class OtaReceiver:
     def _begin(self, size_text: str, now: float) -> Step:
         if self._update is not None:
             return Step([ota.error("busy")])
-        try:
-            size = int(size_text)
-        except ValueError:
-            size = 0
+        # Firmware's strtoul reads ASCII digits only ('٣' or '²' are no size), of sane length.
+        ascii_number = size_text.isascii() and size_text.isdigit() and len(size_text) <= 10
+        size = int(size_text) if ascii_number else 0
         if not 0 < size <= self._contract.partition_size:
             return Step([ota.error("size")], ["OTA failed: size"])
         total = math.ceil(size / self._contract.chunk_data_size)
