@@ -31,7 +31,13 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
         except LookupError as exc:
             print(f"hil run: {exc}", file=sys.stderr)
             return int(pytest.ExitCode.USAGE_ERROR)
-    return int(pytest.main(pytest_args + extra, plugins=[RequireHilTests()]))
+    # `hil` itself is imported by now, so pytest cannot rewrite the plugin's asserts and would
+    # say so on every run; the plugin has none that need it.
+    quiet = [
+        "-W",
+        "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning",
+    ]
+    return int(pytest.main(quiet + pytest_args + extra, plugins=[RequireHilTests()]))
 
 
 def names_test_paths(args: list[str]) -> bool:
