@@ -16,6 +16,7 @@ import pytest
 import hil
 
 SUITES = "test_suites"
+REWRITE_WARNING = "Module already imported so cannot be rewritten"
 
 
 def run(args: argparse.Namespace, extra: list[str]) -> int:
@@ -33,11 +34,8 @@ def run(args: argparse.Namespace, extra: list[str]) -> int:
             return int(pytest.ExitCode.USAGE_ERROR)
     # `hil` itself is imported by now, so pytest cannot rewrite the plugin's asserts and would
     # say so on every run; the plugin has none that need it.
-    quiet = [
-        "-W",
-        "ignore:Module already imported so cannot be rewritten:pytest.PytestAssertRewriteWarning",
-    ]
-    return int(pytest.main(quiet + pytest_args + extra, plugins=[RequireHilTests()]))
+    quiet = ["-W", f"ignore:{REWRITE_WARNING}:pytest.PytestAssertRewriteWarning"]
+    return int(pytest.main(pytest_args + extra + quiet, plugins=[RequireHilTests()]))
 
 
 def names_test_paths(args: list[str]) -> bool:
