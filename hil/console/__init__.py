@@ -105,7 +105,6 @@ class ConsoleBuffer:
         self._lines: deque[ConsoleLine] = deque(maxlen=self.HISTORY)
         self._count = 0  # lines ever fed: the index of the next one
         self._lock = threading.Lock()
-        self._arrived = threading.Condition(self._lock)
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._reboots_allowed = 0
         self.incidents: list[Incident] = []
@@ -123,7 +122,6 @@ class ConsoleBuffer:
             self._lines.append(line)
             self._count += 1
             self._classify(line)
-            self._arrived.notify_all()
         if self.sink:
             self.sink(line.format() + "\n")
         self._wake()
@@ -141,15 +139,12 @@ class ConsoleBuffer:
             self.vanished.append((self._count, time.time()))
             if not self._reboots_allowed:
                 self._incident("unplanned reboot (the console port vanished)", self._count)
-            self._arrived.notify_all()
         self._wake()
 
     def lose(self, reason: str) -> None:
         """The port is gone for good: waiting tests fail with `reason`."""
         self.gone = reason
         self.note(reason)
-        with self._lock:
-            self._arrived.notify_all()
         self._wake()
 
     def _wake(self) -> None:
@@ -233,21 +228,6 @@ class ConsoleBuffer:
             if m:
                 return Found(line, m)
         return None
-
-    def wait(self, pattern: Pattern, timeout: float, since: int = 0) -> Found | None:
-        """Block (outside any event loop, e.g. during rig bring-up) until a line matches."""
-        regex = _compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._arrived:
-            while True:
-                for line in self._since(since):
-                    if m := regex.search(line.text):
-                        return Found(line, m)
-                since = self._count
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.gone:
-                    return None
-                self._arrived.wait(remaining)
 
     async def expect(
         self,
