@@ -222,3 +222,16 @@ def test_history_is_bounded_and_waiting_looks_only_at_new_lines() -> None:
         f"line {con.HISTORY + 499}",
     ]
     assert con.search("line 3$", since=0) is None  # trimmed: no longer held, not searched
+
+
+def test_the_console_port_is_opened_exclusively(pty_port) -> None:
+    """A terminal left open on the port would steal lines from the run: it is refused."""
+    import serial
+
+    con = SerialConsole(SerialOptions(port=str(pty_port.link)), PROFILE)
+    con.open(timeout=2)
+    try:
+        with pytest.raises(serial.SerialException, match="exclusively lock"):
+            serial.Serial(str(pty_port.link), 115200, exclusive=True)
+    finally:
+        con.close()
