@@ -159,4 +159,10 @@ def bench(lab_broker: BrokerEndpoint, tmp_path: Path) -> Iterator[Callable[..., 
         twin.stop()
 
 
-__all__ = ["Bench", "needs_mosquitto"]
+def errors_section(output: str) -> str:
+    """The run's report up to pytest's short summary, which repeats each error's message in
+    full on CI (where the CI variable is set) and cut to the terminal's width elsewhere."""
+    return output.split("short test summary info")[0]
+
+
+__all__ = ["Bench", "errors_section", "needs_mosquitto"]

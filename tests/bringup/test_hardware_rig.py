@@ -15,7 +15,7 @@ import serial
 
 from hil.power.lcus import encode_frame
 
-from .conftest import needs_mosquitto, sim_timings
+from .conftest import errors_section, needs_mosquitto, sim_timings
 
 pytestmark = [needs_mosquitto, pytest.mark.slow]
 
@@ -48,5 +48,5 @@ def test_a_dead_device_errors_every_test_at_once_with_one_diagnosis(bench) -> No
     kinds = {kind for kind in outcomes.values() if kind != "skipped"}
     assert kinds == {"error"}, outcomes
     assert "did not come online: no STATUS:ONLINE within boot_s" in output
-    assert output.count("tried: board power cycle (LCUS relay") == 1, output[-3000:]
+    assert errors_section(output).count("tried: board power cycle (LCUS relay") == 1, output
     assert "the same rig error as at" in output

@@ -12,6 +12,7 @@ import pytest
 
 from hil.broker import BrokerEndpoint
 from hil.broker.mosquitto import MosquittoBroker, MosquittoOptions
+from tests.bringup.conftest import errors_section
 from tests.core.conftest import PtyPort, needs_mosquitto
 
 pytestmark = needs_mosquitto
@@ -100,7 +101,7 @@ def test_without_one_the_version_tests_error_naming_the_table_to_add(
     result = run(pytester, tmp_path, broker)
     out = result.stdout.str()
     result.assert_outcomes(errors=2)
-    assert out.count("add [board_power] (a relay on the device's supply)") == 1, out
+    assert errors_section(out).count("add [board_power] (a relay on the device's supply)") == 1
     assert "VersionUnknown: the same rig error as at test_inner.py::test_version" in out
 
 
