@@ -70,3 +70,11 @@ def signals_as_interrupt(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def interrupted(received: list[signal.Signals], prog: str, left: str) -> int:
+    """Say which signal stopped `prog` and in what state it left the rig; the shell's exit
+    status for it (128 + the signal's number; Ctrl-C is SIGINT)."""
+    sig = received[0] if received else signal.SIGINT
+    print(f"{prog}: interrupted by {sig.name}; {left}", file=sys.stderr)
+    return 128 + sig

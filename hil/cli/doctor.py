@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from hil.doctor import FAIL, format_table, run_checks
-from hil.lifetime import signals_as_interrupt
+from hil.lifetime import interrupted, signals_as_interrupt
 from hil.rig import DEFAULT_RIG
 
 
@@ -31,9 +30,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory(prefix="hil-doctor-") as workdir:
                 checks = run_checks(args.rig, Path(workdir), args.power_consent)
         except KeyboardInterrupt:
-            sig = received[0] if received else signal.SIGINT
-            print(f"hil doctor: interrupted by {sig.name}; the rig was given back", file=sys.stderr)
-            return 128 + sig
+            return interrupted(received, "hil doctor", "the rig was given back")
     print(format_table(checks))
     failed = sum(c.result == FAIL for c in checks)
     print(f"{failed} check(s) failed" if failed else "rig OK")

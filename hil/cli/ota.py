@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import math
-import signal
 import sys
 import tempfile
 import time
@@ -24,7 +23,7 @@ from typing import TextIO
 from hil.bringup import DeviceState, RigDown, VersionUnknown
 from hil.broker import BrokerError
 from hil.dut import Dut
-from hil.lifetime import signals_as_interrupt
+from hil.lifetime import interrupted, signals_as_interrupt
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.ota import DEFAULT_WINDOW, OtaError, OtaResult
@@ -336,9 +335,5 @@ def main(argv: list[str]) -> int:
             print(f"hil ota push: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            sig = received[0] if received else signal.SIGINT
-            print(
-                f"hil ota push: interrupted by {sig.name}; the rig was given back", file=sys.stderr
-            )
-            return 128 + sig
+            return interrupted(received, "hil ota push", "the rig was given back")
     return 0

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from hil.lifetime import signals_as_interrupt
+from hil.lifetime import interrupted, signals_as_interrupt
 from hil.lock import RigBusy, RigLock
 from hil.power import PowerDriver, PowerError
 from hil.reset import ResetError
@@ -136,7 +135,5 @@ def main(argv: list[str], verb: str = "power") -> int:
             print(f"hil {verb}: {exc}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
-            sig = received[0] if received else signal.SIGINT
-            print(f"hil {verb}: interrupted by {sig.name}; power left on", file=sys.stderr)
-            return 128 + sig
+            return interrupted(received, f"hil {verb}", "power left on")
     return 0

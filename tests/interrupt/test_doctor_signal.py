@@ -7,30 +7,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 from tests.core.conftest import needs_mosquitto
+from tests.waiting import until
 
 pytestmark = needs_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_RIG = ROOT / "rigs" / "sim.toml"
 CUT_S = 60.0
-POLL_S = 0.05
-
-
-def until(predicate, timeout: float, what: str):
-    """Wait for a file or process state, which has no event of its own, with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not (found := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(POLL_S)
-    return found
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)

@@ -22,13 +22,13 @@ import pytest
 
 from hil.lock import RigBusy, RigLock
 from tests.core.conftest import needs_mosquitto
+from tests.waiting import until
 
 pytestmark = needs_mosquitto
 
 SIM_RIG = Path(__file__).parents[2] / "rigs" / "sim.toml"
 MID_TEST_S = 30.0  # bring-up, boot and the cut, on a slow CI runner
 EXIT_S = 30.0
-POLL_S = 0.05
 
 CUT_AND_WAIT = """
 import pytest
@@ -48,15 +48,6 @@ pytestmark = [pytest.mark.hil]
 def test_rig_comes_up(console):
     assert console is not None
 """
-
-
-def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Wait for a condition without an event of its own (a file, a process), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(POLL_S)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from hil.lock import RigLock
 from hil.protocol import ota
 from hil.protocol.image import build_image
 from tests.ota_cli.conftest import PASSWORD, TOPICS, USER, Watch
+from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_RIG = ROOT / "rigs" / "sim.toml"
@@ -84,15 +85,6 @@ def test_online_from_before_success_is_not_the_reboot(
     assert code == 0, err
     assert "rolled back" not in err
     assert out.strip().endswith("device now reports 2.0.0"), out
-
-
-def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Wait for a condition with no event of its own (a process, a file), with a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
 
 
 def gone(processes: list[psutil.Process]) -> bool:

@@ -26,27 +26,18 @@ from hil.protocol.image import build_image
 from hil.sim.options import SimOptions
 from hil.sim.process import TwinPorts, TwinProcess
 from tests.sim.rig import ConsoleLog, StatusWatch, VirtualRig, openssl_encrypt, publish
+from tests.waiting import until
 
 TIME_SCALE = 0.02
 RETRY_DELAY_S = 0.2
 MODEM_CHANNEL = 1
 BOARD_CHANNEL = 2
 TIMEOUT_S = 15.0
-POLL_S = 0.01
 IMAGE_SIZE = 6000
 POWERON = r"^rst:0x1 \(POWERON_RESET\)"
 SW_RESET = r"^rst:0xc \(RTC_SW_CPU_RST\)"
 BOOT_LINE = re.compile(r"^rst:|^Firmware \S+ starting$")
 _counter = itertools.count()
-
-
-def until(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT_S) -> None:
-    """Poll a condition that has no event of its own, up to a deadline."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(POLL_S)
 
 
 @dataclass
@@ -182,7 +173,7 @@ def test_device_comes_online_before_anyone_connects_and_online_is_not_retained(
         found = device_publishes(own_broker.log_path.read_text(), device.status_topic)
         return [m for m in found if int(m["size"]) == online]
 
-    until(said_online, "the device's STATUS:ONLINE publish (in the broker's log)")
+    until(said_online, TIMEOUT_S, "the device's STATUS:ONLINE publish (in the broker's log)")
     assert [m["r"] for m in said_online()] == ["0"], "STATUS:ONLINE must be published unretained"
     # -W 2: how long a retained message gets to arrive (mosquitto sends one at SUBACK).
     wait = ["-C", "1", "-W", "2", "-F", "%r %p"]
@@ -232,10 +223,10 @@ def test_board_relay_stops_the_device_and_a_release_cold_boots_it(launch, closin
     status = device.status
     status.expect(r"STATUS:HEARTBEAT:\d+", TIMEOUT_S)
     console = closing(ConsoleLog(link))
-    until(lambda: console.ports_seen, "the console reader opening the port")
+    until(lambda: console.ports_seen, TIMEOUT_S, "the console reader opening the port")
 
     device.board_power(False)
-    until(lambda: not link.exists(), "the console port leaving with the board's power")
+    until(lambda: not link.exists(), TIMEOUT_S, "the console port leaving with the board's power")
     # The stimulus: the board held off 1.75 s, 0.25 s for what was already on its way to
     # land, then three heartbeat periods that must pass in silence.
     time.sleep(0.25)
@@ -245,11 +236,13 @@ def test_board_relay_stops_the_device_and_a_release_cold_boots_it(launch, closin
     assert not link.exists(), "the console port came back while the board had no power"
 
     device.board_power(True)
-    until(link.exists, "the console port coming back with the board's power")
+    until(link.exists, TIMEOUT_S, "the console port coming back with the board's power")
     assert Path(link.resolve()).exists(), "the console link names no pty"
     status.expect(r"STATUS:ONLINE:1\.0\.0", TIMEOUT_S, mark)
     status.expect(r"STATUS:HEARTBEAT:\d+", TIMEOUT_S, mark)
-    until(lambda: len(console.ports_seen) >= 2, "the console reader reopening the new port")
+    until(
+        lambda: len(console.ports_seen) >= 2, TIMEOUT_S, "the console reader reopening the new port"
+    )
     device.echo("cold booted")
     console.expect(r"^LCD: MQTT Msg: cold booted$", TIMEOUT_S)
 
@@ -261,7 +254,7 @@ def test_uart_bridge_port_stays_and_shows_each_restart_banner(launch, closing):
     console = closing(ConsoleLog(device.ports.console))
     status = device.status
     rig = device.rig(console, status)
-    until(lambda: console.ports_seen, "the console reader opening the port")
+    until(lambda: console.ports_seen, TIMEOUT_S, "the console reader opening the port")
     node = console.ports_seen[0]
 
     mark, smark = console.mark(), status.mark()
@@ -294,7 +287,7 @@ def test_modem_power_cut_is_silent_to_the_broker_and_does_not_reset_the_chip(
     device = launch(console="uart-bridge", broker=own_broker)
     console = closing(ConsoleLog(device.ports.console))
     status = device.status
-    until(lambda: console.ports_seen, "the console reader opening the port")
+    until(lambda: console.ports_seen, TIMEOUT_S, "the console reader opening the port")
     (old,) = device_connections(own_broker)
     log_before = len(own_broker.log_path.read_text())
 
@@ -304,7 +297,11 @@ def test_modem_power_cut_is_silent_to_the_broker_and_does_not_reset_the_chip(
     device.modem_power(True)
     console.expect(r"^State: STATE_SUBSCRIBE_MQTT -> STATE_RUNNING$", TIMEOUT_S, index)
     status.expect(r"STATUS:ONLINE:1\.0\.0", TIMEOUT_S, smark)  # a reconnection says ONLINE
-    until(lambda: len(device_connections(own_broker)) == 2, "the device's second connection")
+    until(
+        lambda: len(device_connections(own_broker)) == 2,
+        TIMEOUT_S,
+        "the device's second connection",
+    )
     new = device_connections(own_broker)[1]
     assert new != old, "the device reconnected under its old client id"
 
