@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("ota", "hil.cli.ota", "push a firmware image to a rig's device over MQTT"),
         ("power", "hil.cli.power", "switch a rig's modem or board power: on, off, cycle"),
         ("reset", "hil.cli.reset", "restart the device through the rig's [reset] or board power"),
+        ("report", "hil.cli.report", "write one self-contained HTML report of one or more runs"),
+        ("accept", "hil.cli.accept", "pre-release acceptance: run N times, sign or verify a record"),
     ):
         sub = verbs.add_parser(verb, help=text, add_help=False)
         sub.add_argument("rest", nargs=argparse.REMAINDER)

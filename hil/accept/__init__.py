@@ -1,0 +1,1 @@
+"""Pre-release acceptance: the suites run N times, one signed record of every verdict."""

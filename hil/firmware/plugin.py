@@ -1,0 +1,1 @@
+"""pytest options for the firmware under test (`--firmware`, `--reflash`)."""

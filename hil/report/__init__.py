@@ -1,0 +1,1 @@
+"""What a run tested and how it went: run.json, the HTML report, history and metrics."""
