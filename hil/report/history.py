@@ -248,7 +248,9 @@ class _Fields:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def _get(self, doc: dict, key: str, kinds: tuple[type, ...], what: str, optional: bool, where):
+    def _get(
+        self, doc: dict, key: str, kinds: tuple[type, ...], what: str, optional: bool, where: str
+    ) -> Any:
         value = doc.get(key)
         if value is None and optional:
             return None
