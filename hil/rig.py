@@ -18,14 +18,28 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from hil import registry, schema
+from hil.firmware.options import FirmwareOptions, load_firmware_table
 from hil.power import CommonPowerOptions
 from hil.profile import DeviceProfile, load_profile
 from hil.schema import ConfigError
 from hil.sim.options import SimOptions
 
 SIM_DIR = "{sim}"
-DRIVER_GROUPS = {"board_power": "power"}  # a rig section whose drivers come from another group
-SECTIONS = ("rig", "console", "power", "board_power", "reset", "broker", "profile", "limits", "sim")
+# A rig section whose drivers come from another group; [boot_strap] "on" holds GPIO0 low.
+DRIVER_GROUPS = {"board_power": "power", "boot_strap": "power"}
+SECTIONS = (
+    "rig",
+    "console",
+    "power",
+    "board_power",
+    "reset",
+    "boot_strap",
+    "broker",
+    "profile",
+    "limits",
+    "firmware",
+    "sim",
+)
 DEFAULT_RIG = Path("rigs/sim.toml")
 T = TypeVar("T")
 
@@ -61,6 +75,9 @@ class Rig:
     board_power: DriverConfig | None = None  # the whole device's supply, for a cold boot
     board_power_common: CommonPowerOptions = field(default_factory=CommonPowerOptions)
     reset: DriverConfig | None = None  # the chip's reset line, or a command that resets it
+    boot_strap: DriverConfig | None = None  # holds GPIO0 low, for the chip's serial loader
+    boot_strap_common: CommonPowerOptions = field(default_factory=CommonPowerOptions)
+    firmware: FirmwareOptions | None = None  # the firmware under test and how it is written
 
     @property
     def reset_means(self) -> list[str]:
@@ -88,6 +105,7 @@ class Rig:
             power=_substitute(self.power, sim_dir) if self.power else None,
             board_power=_substitute(self.board_power, sim_dir) if self.board_power else None,
             reset=_substitute(self.reset, sim_dir) if self.reset else None,
+            boot_strap=_substitute(self.boot_strap, sim_dir) if self.boot_strap else None,
         )
 
     def summary(self) -> list[str]:
@@ -105,6 +123,16 @@ class Rig:
             )
         if self.reset:
             lines.append(f"  reset:   {self.reset.name} {_options_text(self.reset.options)}")
+        if self.boot_strap:
+            lines.append(
+                f"  strap:   {self.boot_strap.name} {_options_text(self.boot_strap.options)} "
+                "(on holds GPIO0 low)"
+            )
+        if self.firmware:
+            fw = self.firmware
+            lines.append(
+                f"  firmware: {fw.image or '(from --firmware)'} by {fw.method}, chip {fw.chip}"
+            )
         if not self.reset_means:
             lines.append(
                 "  bring-up: no [board_power] or [reset]: the run trusts a retained "
@@ -230,6 +258,12 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         errors, (None, CommonPowerOptions()), lambda: _power_table(tables, "board_power", rig_dir)
     )
     reset = driver("reset")
+    boot_strap, strap_common = _attempt(
+        errors, (None, CommonPowerOptions()), lambda: _power_table(tables, "boot_strap", rig_dir)
+    )
+    firmware = None
+    if "firmware" in tables:
+        firmware = _attempt(errors, None, lambda: load_firmware_table(tables["firmware"], rig_dir))
     required("broker", ' (driver = "auto" spawns one for the session)')
     broker = driver("broker")
     profile = _attempt(errors, None, lambda: _profile(tables))
@@ -242,6 +276,7 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
             (power, "power"),
             (board_power, "board_power"),
             (reset, "reset"),
+            (boot_strap, "boot_strap"),
         ):
             if config and SIM_DIR in _options_text(config.options):
                 errors.append(
@@ -270,6 +305,9 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         board_power=board_power,
         board_power_common=board_common,
         reset=reset,
+        boot_strap=boot_strap,
+        boot_strap_common=strap_common,
+        firmware=firmware,
     )
 
 
