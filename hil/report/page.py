@@ -50,6 +50,7 @@ table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line);
   vertical-align: top; }
 th { font-weight: 600; color: var(--muted); font-size: 12.5px; }
+table.measures { width: auto; min-width: 50%; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.lines td { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace;
   font-size: 12px; padding: 1px 8px; border-bottom: none; white-space: pre-wrap;

@@ -20,7 +20,7 @@ LIMIT = "#dc2626"
 INK = "#1f2937"
 GRID = "#e5e7eb"
 CHAR_PX = 6.2  # average width of a character at the plots' 11 px font, for layout
-OFF_SCALE = 1.6  # a limit further than this times the data's extent is noted, not drawn
+OFF_SCALE = 3.0  # a limit further than this times the data's extent is noted, not drawn
 
 
 @dataclass(frozen=True)
@@ -181,9 +181,11 @@ def line_chart(
             f'fill="{INK}">{fmt(tick)}</text>'
         )
     for x, text in x_ticks:
+        half = len(text) * CHAR_PX / 2  # a label at the edge is kept inside the plot's width
+        anchor = "end" if sx(x) + half > width - 2 else "start" if sx(x) - half < 2 else "middle"
         out.append(
             f'<line x1="{sx(x):.1f}" y1="{top + plot_h}" x2="{sx(x):.1f}" y2="{top + plot_h + 4}" '
-            f'stroke="{INK}"/><text x="{sx(x):.1f}" y="{top + plot_h + 16}" text-anchor="middle" '
+            f'stroke="{INK}"/><text x="{sx(x):.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}" '
             f'fill="{INK}">{escape(text)}</text>'
         )
     out.append(
