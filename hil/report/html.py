@@ -497,8 +497,10 @@ def _measurement_charts(run: Run) -> str:
                 label + ("" if m.get("name") == name else f" · {m.get('name')}"),
                 float(m["value"]),
                 bool(m.get("passed", True)),
+                f"{test.nodeid} · {m.get('name')}: {plots.fmt(float(m['value']))} {unit}"
+                + ("" if m.get("passed", True) else " (out of limits)"),
             )
-            for label, (_, m) in zip(labels, taken, strict=True)
+            for label, (test, m) in zip(labels, taken, strict=True)
         ]
         lows = {m.get("low") for _, m in taken} - {None}
         highs = {m.get("high") for _, m in taken} - {None}
@@ -516,11 +518,17 @@ def _measurement_charts(run: Run) -> str:
 
 
 def _row_labels(names: list[str]) -> list[str]:
-    """Tests' names, shortened to their parameters when they are all one test function."""
+    """Tests' names without what they share: only their parameters when they are one test
+    function, else without their common leading words."""
     functions = {name.split("[", 1)[0] for name in names}
     if len(functions) == 1 and all("[" in name for name in names):
         return ["[" + name.split("[", 1)[1] for name in names]
-    return names
+    if len(set(names)) == 1:
+        return names
+    columns = enumerate(zip(*names, strict=False))
+    same = next((n for n, chars in columns if len(set(chars)) > 1), min(map(len, names)))
+    cut = names[0].rfind("_", 0, same) + 1
+    return [name[cut:] for name in names]
 
 
 def _test(run: Run, test: TestResult, events: list[timeline.Event], anchor: str) -> str:
@@ -617,7 +625,7 @@ def _trends(view: HistoryView) -> str:
     greys = ("#374151", "#9ca3af", "#6b7280", "#d1d5db")
     rig_line = {rig: greys[n % len(greys)] for n, rig in enumerate(rigs)}
     ticks = _run_ticks(runs)
-    figures = []
+    figures: dict[str, list[str]] = defaultdict(list)
     for trend in view.trends:
         series = []
         for rig in rigs:
@@ -653,9 +661,10 @@ def _trends(view: HistoryView) -> str:
             width=340,
             height=180,
         )
-        figures.append(
+        file, _, name = trend.nodeid.rpartition("::")
+        figures[file].append(
             f"<figure data-nodeid='{escape(trend.nodeid)}'><figcaption>"
-            f"{_breakable(trend.nodeid.rsplit('/', 1)[-1])}</figcaption>{chart}</figure>"
+            f"{_breakable(name)}</figcaption>{chart}</figure>"
         )
     legend = "".join(
         f"<span><span class='swatch' style='background:{colour[v]}'></span>firmware "
@@ -666,15 +675,24 @@ def _trends(view: HistoryView) -> str:
         f"rig {escape(r)}</span>"
         for r in rigs
     )
-    if not figures:
-        figures.append("<p>No measurements in the history yet.</p>")
+    charts = (
+        "".join(
+            f"<h4>{escape(file)}</h4><div class='plots'>{''.join(shown)}</div>"
+            for file, shown in figures.items()
+        )
+        or "<p>No measurements in the history yet.</p>"
+    )
     return (
         "<section class='block' id='trends'><h2>Trends</h2>"
-        f"<p class='muted'>The last {len(runs)} runs in {escape(str(view.path))}, oldest first."
+        f"<p class='muted'>{_last(len(runs))} in {escape(str(view.path))}, oldest first."
         "</p>"
-        f"<div class='legend'>{legend}</div><div class='plots'>{''.join(figures)}</div>"
+        f"<div class='legend'>{legend}</div>{charts}"
         f"<h3>Flake rates</h3>{_flakes(view.flakes)}</section>"
     )
+
+
+def _last(runs: int) -> str:
+    return "The last run" if runs == 1 else f"The last {runs} runs"
 
 
 def _breakable(name: str) -> str:

@@ -20,6 +20,7 @@ LIMIT = "#dc2626"
 INK = "#1f2937"
 GRID = "#e5e7eb"
 CHAR_PX = 6.2  # average width of a character at the plots' 11 px font, for layout
+LABEL_CHARS = 42  # a longer dot chart label keeps its end, where tests' names differ
 OFF_SCALE = 3.0  # a limit further than this times the data's extent is noted, not drawn
 
 
@@ -242,11 +243,12 @@ def dot_chart(
     """One row per labelled value on a horizontal axis, with the limits as vertical lines.
 
     A value out of its limits is a red cross, so the verdict does not rest on colour alone.
+    A long label is cut at its start; the whole label is its tooltip.
     """
     limits = [Limit(v, w) for v, w in ((low, "low"), (high, "high")) if v is not None]
     values = [r.value for r in rows] or [0.0]
     x0, x1, drawn, off, ticks = _span(values, limits, from_zero=True)
-    label_w = min(max((len(r.label) for r in rows), default=4) * CHAR_PX, 260) + 16
+    label_w = min(max((len(r.label) for r in rows), default=4), LABEL_CHARS + 1) * CHAR_PX + 16
     left, right, top, row_h = label_w, 70, 30 + 13 * len(off), 20
     plot_w = width - left - right
     height = top + row_h * max(len(rows), 1) + 38
@@ -288,7 +290,7 @@ def dot_chart(
         )
     for n, row in enumerate(rows):
         y = top + row_h * n + row_h / 2
-        label = row.label if len(row.label) * CHAR_PX <= 260 else row.label[:40] + "…"
+        label = row.label if len(row.label) <= LABEL_CHARS else "…" + row.label[-LABEL_CHARS:]
         colour = PASS if row.passed else FAIL
         verdict = "" if row.passed else " (out of limits)"
         note = row.note or f"{row.label}: {fmt(row.value)} {unit}{verdict}"

@@ -336,6 +336,37 @@ def test_measurements_are_plotted_against_their_limits(tmp_path) -> None:
     assert float(over.get("d")[1:].split(",")[0]) + 3.5 > float(limit.get("x1"))
 
 
+def test_measurement_rows_are_named_by_what_tells_the_tests_apart(tmp_path) -> None:
+    recovery = "test_suites/test_recovery.py::test_recovers_"
+    run = write_run(
+        tmp_path / "run",
+        [
+            Spec(f"{recovery}after_power_cut[short]", measurements=[measured("recovery", 1, "s")]),
+            Spec(
+                f"{recovery}after_three_cuts_in_a_row",
+                measurements=[measured(f"recovery_{n}", 1, "s") for n in (1, 2)],
+            ),
+            Spec(
+                f"{recovery}from_cut_during_registration",
+                measurements=[measured("recovery", 1, "s")],
+            ),
+        ],
+    )
+    out = write_report([run], tmp_path / "report.html")
+    [chart] = [s for s in svgs(out) if s.find(f"{SVG}title").text == "recovery (s)"]
+    labels = [
+        t.find(f"{SVG}title").text
+        for t in chart.iter(f"{SVG}text")
+        if t.find(f"{SVG}title") is not None
+    ]
+    assert labels == [
+        "after_power_cut[short]",
+        "after_three_cuts_in_a_row · recovery_1",
+        "after_three_cuts_in_a_row · recovery_2",
+        "from_cut_during_registration",
+    ]
+
+
 def test_ota_progress_and_retransmissions_come_from_the_mqtt_records(tmp_path) -> None:
     fw, st = "firmware/update", "esp32_status"
     mqtt = [
