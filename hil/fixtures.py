@@ -17,6 +17,7 @@ import pytest_asyncio
 
 from hil.bringup import DeviceState, RigDown
 from hil.dut import Dut
+from hil.firmware.install import bring_up
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder
 from hil.plugin import DEVICE_KEY, MEASUREMENTS_KEY, RIG_KEY, STORE_KEY
@@ -103,10 +104,11 @@ async def hil_mqtt(
 async def hil_device(
     hil_session: RigSession, hil_mqtt: MqttRecorder, request: pytest.FixtureRequest
 ) -> DeviceState:
-    """The device restarted into a known state (or the reason it could not be)."""
+    """The device restarted into a known state (or the reason it could not be), running the
+    firmware under test when the run names one (`--firmware`)."""
     state = DeviceState(hil_session, hil_mqtt)
     request.config.stash[DEVICE_KEY] = state
-    online = await state.bring_up()
+    online = await bring_up(state, request.config)
     if online is not None:
         request.config.hook.pytest_hil_online(
             config=request.config, rig=hil_session.rig, online=online
