@@ -603,8 +603,15 @@ def _ota_charts(transfers: list[timeline.OtaTransfer]) -> str:
             height=260,
         )
         resent = plots.line_chart(
-            [plots.Series("chunks sent again", t.resent_so_far, plots.PALETTE[1], line="step")],
-            title=f"{label}: chunks resent, as the broker saw them ({len(t.resent)})",
+            [
+                plots.Series(
+                    "chunks sent again, as the broker saw them",
+                    t.resent_so_far,
+                    plots.PALETTE[1],
+                    line="step",
+                )
+            ],
+            title=f"{label}: {len(t.resent)} chunk{'' if len(t.resent) == 1 else 's'} resent",
             x_label="seconds since OTA:BEGIN",
             y_label="chunks",
             width=380,
