@@ -22,6 +22,7 @@ from hil.sim.echo import Echo, is_base64
 from hil.sim.flash import Flash
 from hil.sim.options import SimOptions
 from hil.sim.ota_receiver import OtaReceiver, Step
+from hil.sim.reset import Reset, banner
 from hil.sim.uart import UartEnd
 
 log = logging.getLogger("hil.sim.firmware")
@@ -41,8 +42,6 @@ RECOVER_NETWORK = "STATE_RECOVER_NETWORK"
 RECOVER_GPRS = "STATE_RECOVER_GPRS"
 RECOVER_MQTT = "STATE_RECOVER_MQTT"
 
-POWERON_BANNER = "rst:0x1 (POWERON_RESET),boot:0x8 (SPI_FAST_FLASH_BOOT)"
-SW_RESET_BANNER = "rst:0xc (RTC_SW_CPU_RST),boot:0x8 (SPI_FAST_FLASH_BOOT)"
 PANIC = "Guru Meditation Error: Core  0 panic'ed (LoadProhibited). Exception was unhandled."
 BACKTRACE = "Backtrace: 0x42008a1c:0x3fc9b2f0 0x42009b3e:0x3fc9b310 0x4037c2d1:0x3fc9b330"
 
@@ -52,6 +51,7 @@ NETWORK_POLLS = 15  # registration polls, RETRY_DELAY apart: attaching takes lon
 PUBLISH_TIMEOUT_S = 60  # passed in AT+CMQTTPUB; the module gives up on the broker after it
 RESULT_FLOOR_DELAYS = 4  # a network result is never waited for less than this many retry delays
 MIN_AT_TIMEOUT_S = 0.5
+BOOT_LOOP_S = 0.3  # from reset to the bootloader giving up on every app slot
 
 
 def dummy_ca_pem() -> bytes:
@@ -88,7 +88,7 @@ class Firmware:
         broker: tuple[str, int],
         username: str | None,
         password: str | None,
-        software_reset: bool,
+        reset: Reset,
     ) -> None:
         self._profile = profile
         self._fw = profile.firmware
@@ -98,7 +98,7 @@ class Firmware:
         self._broker = broker
         self._username = username
         self._password = password
-        self._software_reset = software_reset
+        self._reset = reset
         self._at = AtClient(uart, self._on_urc, self._on_message, late_results=(PUBLISH_RESULT,))
         # Messages in arrival order, or the news that the link is gone (raised where it is read).
         self._inbox: asyncio.Queue[tuple[str, bytes] | LinkLost] = asyncio.Queue()
@@ -123,24 +123,29 @@ class Firmware:
 
     # -- chip lifecycle -----------------------------------------------------------------------
 
-    async def run(self) -> None:
-        """Boot and run until the chip restarts."""
-        self._say(SW_RESET_BANNER if self._software_reset else POWERON_BANNER)
-        for line in self._flash.boot():
+    async def run(self) -> Reset:
+        """Boot and run until the chip restarts; returns the restart's kind."""
+        for line in banner(self._reset, download=False):
             self._say(line)
-        self._say(f"Firmware {self._flash.running.version} starting")
+        boot = self._flash.boot()
+        for line in boot.lines:
+            self._say(line)
+        if boot.app is None:
+            await asyncio.sleep(BOOT_LOOP_S)  # bootloader_reset() after its ROM and flash reads
+            return Reset.SW_SYS
+        self._say(f"Firmware {boot.app.version} starting")
         if self._flash.self_test_fails():
             self._say("OTA: self-test failed, rolling back")
             self._flash.rollback()
             self._say("Rebooting...")
-            return
+            return Reset.SW_CPU
         self._flash.confirm()
         self._lcd("Booting...")
         reader = self._loop.create_task(self._at.run())
         try:
             await self._machine()
         except Restart:
-            return
+            return Reset.SW_CPU
         finally:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)

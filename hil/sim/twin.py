@@ -14,6 +14,7 @@ from hil.sim.link import Link
 from hil.sim.modem import Sim7600
 from hil.sim.options import SimOptions
 from hil.sim.ports import ConsolePort, RelayPort
+from hil.sim.reset import Reset
 from hil.sim.uart import uart_pair
 
 log = logging.getLogger("hil.sim")
@@ -97,7 +98,7 @@ class Twin:
 
     async def _chip(self) -> None:
         """Run the firmware from each boot to its restart or to the board losing power."""
-        software_reset = False
+        reset = Reset.POWERON
         gap = max(MIN_REENUMERATE_S, REENUMERATE_S * self._options.time_scale)
         while True:
             await self._board_on.wait()
@@ -111,22 +112,21 @@ class Twin:
                 broker=self._broker,
                 username=self._username,
                 password=self._password,
-                software_reset=software_reset,
+                reset=reset,
             )
             running = asyncio.ensure_future(firmware.run())
             cut = asyncio.ensure_future(self._board_off.wait())
             await asyncio.wait({running, cut}, return_when=asyncio.FIRST_COMPLETED)
             if running.done():
                 cut.cancel()
-                running.result()
-                software_reset = True
+                reset = running.result()
                 await self.console.restart(gap)
                 continue
             log.info("board power cut: the chip stops where it was")
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             self.console.power(False)
-            software_reset = False
+            reset = Reset.POWERON
 
     async def close(self) -> None:
         """Stop everything and give the ports back; safe to call more than once."""
