@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="LCUS channel wired to the whole device's supply",
     )
     p.add_argument(
+        "--strap-channel",
+        type=int,
+        default=defaults.strap_channel,
+        help="LCUS channel that holds GPIO0 low while energized (ROM download mode at reset)",
+    )
+    p.add_argument(
         "--console",
         choices=CONSOLES,
         default=defaults.console,
@@ -186,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             relay_channel=args.relay_channel,
             board_channel=args.board_channel,
+            strap_channel=args.strap_channel,
             console=args.console,
         )
         if args.broker:

@@ -19,6 +19,7 @@ FAULTS = (
 )
 
 CONSOLES = ("native-usb", "uart-bridge")
+CHANNELS = ("relay_channel", "board_channel", "strap_channel")
 
 
 @dataclass(frozen=True)
@@ -33,13 +34,14 @@ class SimOptions:
     seed: int = 0
     relay_channel: int = 1  # LCUS channel on the modem's supply
     board_channel: int = 2  # LCUS channel on the whole device's supply (a cold boot)
+    strap_channel: int = 3  # LCUS channel holding GPIO0 low while energized (download mode)
     console: str = "native-usb"  # or "uart-bridge": a CP210x/CH340 board whose port stays
 
     def __post_init__(self) -> None:
         with schema.Checks() as check:
             check(schema.positive, self.time_scale, "time_scale", "a time scale")
             check(schema.finite_range, self.rtt_ms, "rtt_ms", 0, what="a round trip in ms")
-            for name in ("relay_channel", "board_channel"):
+            for name in CHANNELS:
                 check(schema.whole_range, getattr(self, name), name, 1, 8, "an LCUS channel")
         unknown = [f for f in self.faults if f not in FAULTS]
         if unknown:
@@ -48,10 +50,12 @@ class SimOptions:
             raise ValueError(f"loss must be from 0 up to 1, got {self.loss}")
         if self.console not in CONSOLES:
             raise ValueError(f"console must be one of {', '.join(CONSOLES)}, got {self.console!r}")
-        if self.relay_channel == self.board_channel:
-            raise ValueError(
-                f"relay_channel and board_channel are both {self.relay_channel}; the modem's "
-                "and the board's supplies are two channels"
-            )
+        for i, first in enumerate(CHANNELS):
+            for second in CHANNELS[i + 1 :]:
+                if getattr(self, first) == getattr(self, second):
+                    raise ValueError(
+                        f"{first} and {second} are both {getattr(self, first)}; the modem's "
+                        "supply, the board's supply and the GPIO0 strap are three channels"
+                    )
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")

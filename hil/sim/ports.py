@@ -1,8 +1,9 @@
 """The twin's serial boundaries: ptys behind stable symlinks, as udev would name real ports.
 
 The console pty disappears and comes back on every ESP32 restart when it models the
-ESP32-S3's native USB (which re-enumerates); the relay pty takes LCUS frames like the CH340
-relay board, one channel on the modem's supply and one on the whole board's.
+ESP32-S3's native USB (which re-enumerates), and carries what the host sends to the chip (the
+ROM loader's requests in download mode); the relay pty takes LCUS frames like the CH340 relay
+board, one channel on the modem's supply, one on the whole board's and one on the GPIO0 strap.
 """
 
 from __future__ import annotations
@@ -52,14 +53,28 @@ class Pty:
         log.info("%s -> %s", self.link, path)
 
     def _read(self, on_input: Callable[[bytes], None]) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
+        data = self.read_nowait()
         if data:
             on_input(data)
+
+    def read_nowait(self) -> bytes:
+        """What the host wrote so far; nothing when it wrote nothing or has the port closed."""
+        try:
+            return os.read(self.master, 4096)
+        except OSError:  # EAGAIN: nothing yet; EIO: no host has the slave open
+            return b""
+
+    async def readable(self) -> None:
+        """Until the master has something to read (or a hang-up to report)."""
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        fd = self.master
+        loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            if self.master == fd:  # else close() already removed it
+                loop.remove_reader(fd)
 
     def reader_attached(self) -> bool:
         """Whether someone has the slave open (the master stops reporting a hang-up)."""
@@ -91,15 +106,19 @@ class ConsolePort:
     Nothing is held for the host: a line printed while no host has the port open is lost, as
     ESP-IDF's USB Serial/JTAG driver drops output nobody reads and as a closed tty drops what
     arrives. With `native_usb` (an ESP32-S3's own USB) the port also leaves on every reset or
-    power-off and comes back as a new tty node; a UART bridge's port stays.
+    power-off and comes back as a new tty node; a UART bridge's port stays. What the host
+    writes goes to `on_input` (the running firmware ignores it; the ROM loader reads it).
     """
 
     DRAIN_S = 0.1
+    HOST_POLL_S = 0.05  # how often a port nobody has open is checked for a host
 
     def __init__(self, link: Path, native_usb: bool) -> None:
         self._pty = Pty(link, hold_slave=False)
         self.native_usb = native_usb
         self.present = False
+        self.on_input: Callable[[bytes], None] | None = None
+        self._pump: asyncio.Task[None] | None = None
 
     @property
     def link(self) -> Path:
@@ -108,13 +127,31 @@ class ConsolePort:
     def open(self) -> None:
         self._pty.open()
         self.present = True
+        self._pump = asyncio.get_running_loop().create_task(self._read_host())
+
+    async def _read_host(self) -> None:
+        """Read while a host has the port open; a closed port only says it hung up."""
+        while True:
+            if not self._pty.reader_attached():
+                await asyncio.sleep(self.HOST_POLL_S)
+                continue
+            await self._pty.readable()
+            data = self._pty.read_nowait()
+            if data and self.on_input is not None:
+                self.on_input(data)
 
     def line(self, text: str) -> None:
+        self.write(text.encode("utf-8", "replace") + b"\r\n")
+
+    def write(self, data: bytes) -> None:
         if self.present and self._pty.reader_attached():
-            self._pty.write(text.encode("utf-8", "replace") + b"\r\n")
+            self._pty.write(data)
 
     def close(self) -> None:
         self.present = False
+        if self._pump is not None:
+            self._pump.cancel()
+            self._pump = None
         self._pty.close()
 
     async def restart(self, gap_s: float) -> None:

@@ -85,6 +85,8 @@ class TwinProcess:
             str(options.relay_channel),
             "--board-channel",
             str(options.board_channel),
+            "--strap-channel",
+            str(options.strap_channel),
             "--console",
             options.console,
         ]

@@ -1,4 +1,10 @@
-"""The virtual rig assembled: ESP32 firmware model, UART, SIM7600, link, console and relay ptys."""
+"""The virtual rig assembled: ESP32 firmware model, UART, SIM7600, link, console and relay ptys.
+
+At each reset the chip samples its GPIO0 strap (LCUS channel `strap_channel`, energized = held
+low): high, it boots the app the bootloader picks from flash; low, it stays in the ROM's serial
+download mode, where the console port speaks the ROM loader protocol and the modem is left
+idle, until the host's FLASH_END or the board losing power.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ from hil.sim.link import Link
 from hil.sim.modem import Sim7600
 from hil.sim.options import SimOptions
 from hil.sim.ports import ConsolePort, RelayPort
-from hil.sim.reset import Reset
+from hil.sim.reset import Reset, banner
+from hil.sim.rom_loader import Exit, RomLoader
+from hil.sim.s3_memory import S3Memory
 from hil.sim.uart import uart_pair
 
 log = logging.getLogger("hil.sim")
@@ -48,9 +56,15 @@ class Twin:
         self.console = ConsolePort(directory / "console", options.console == "native-usb")
         self.relay = RelayPort(
             directory / "relay",
-            {options.relay_channel: self._modem_relay, options.board_channel: self._board_relay},
+            {
+                options.relay_channel: self._modem_relay,
+                options.board_channel: self._board_relay,
+                options.strap_channel: self._strap_relay,
+            },
         )
-        # Both channels are wired normally closed: an energized coil cuts that supply.
+        # Both supply channels are wired normally closed: an energized coil cuts that supply.
+        # The strap channel pulls GPIO0 to ground while energized.
+        self._gpio0_low = False
         self._modem_supply = True
         self._board_on = asyncio.Event()
         self._board_off = asyncio.Event()
@@ -72,6 +86,12 @@ class Twin:
             self._board_off.clear()
             self._board_on.set()
         self._supply_changed.put_nowait(None)
+
+    def _strap_relay(self, energized: bool) -> None:
+        log.info(
+            "strap relay %s", "energized (GPIO0 low)" if energized else "released (GPIO0 high)"
+        )
+        self._gpio0_low = energized
 
     async def start(self) -> None:
         self.console.open()
@@ -97,36 +117,68 @@ class Twin:
             await self.modem.set_power(self._modem_supply and self._board_on.is_set())
 
     async def _chip(self) -> None:
-        """Run the firmware from each boot to its restart or to the board losing power."""
+        """Run the chip from each reset to the next one or to the board losing power."""
         reset = Reset.POWERON
         gap = max(MIN_REENUMERATE_S, REENUMERATE_S * self._options.time_scale)
         while True:
             await self._board_on.wait()
             self.console.power(True)
-            firmware = Firmware(
-                profile=self._profile,
-                options=self._options,
-                uart=self._esp_uart,
-                flash=self.flash,
-                console=self.console.line,
-                broker=self._broker,
-                username=self._username,
-                password=self._password,
-                reset=reset,
-            )
-            running = asyncio.ensure_future(firmware.run())
+            if self._gpio0_low and reset is not Reset.NONE:
+                running = asyncio.ensure_future(self._download(reset))
+            else:
+                running = asyncio.ensure_future(self._firmware(reset).run())
             cut = asyncio.ensure_future(self._board_off.wait())
             await asyncio.wait({running, cut}, return_when=asyncio.FIRST_COMPLETED)
             if running.done():
                 cut.cancel()
                 reset = running.result()
-                await self.console.restart(gap)
+                if reset is not Reset.NONE:
+                    await self.console.restart(gap)
                 continue
             log.info("board power cut: the chip stops where it was")
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
             self.console.power(False)
             reset = Reset.POWERON
+
+    def _firmware(self, reset: Reset) -> Firmware:
+        return Firmware(
+            profile=self._profile,
+            options=self._options,
+            uart=self._esp_uart,
+            flash=self.flash,
+            console=self.console.line,
+            broker=self._broker,
+            username=self._username,
+            password=self._password,
+            reset=reset,
+        )
+
+    async def _download(self, reset: Reset) -> Reset:
+        """The ROM's download mode: the console port carries the loader protocol until the
+        host ends it with FLASH_END (reboot: a reset that samples the strap again; run: the
+        app starts from flash without a reset)."""
+        for line in banner(reset, download=True):
+            log.info("console: %s", line)
+            self.console.line(line)
+        loader = RomLoader(self.flash.chip, S3Memory(self.flash.chip, download=True))
+        done = asyncio.Event()
+
+        def received(data: bytes) -> None:
+            reply = loader.receive(data)
+            if reply:
+                self.console.write(reply)
+            if loader.exit is not None:
+                done.set()
+
+        self.console.on_input = received
+        try:
+            await done.wait()
+        finally:
+            self.console.on_input = None
+        log.info("ROM loader: FLASH_END, %s", loader.exit)
+        await asyncio.sleep(ConsolePort.DRAIN_S)  # the reply leaves before the chip moves on
+        return Reset.NONE if loader.exit is Exit.RUN_APP else Reset.SW_SYS
 
     async def close(self) -> None:
         """Stop everything and give the ports back; safe to call more than once."""
