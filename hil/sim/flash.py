@@ -36,7 +36,6 @@ PENDING_VERIFY = 0x1
 VALID = 0x2
 INVALID = 0x3
 ABORTED = 0x4
-UNDEFINED = 0xFFFFFFFF
 
 
 def _crc(seq: int) -> int:

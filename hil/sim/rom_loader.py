@@ -162,7 +162,6 @@ class RomLoader:
         self._attached = False
         self._flash_size = flash.size
         self._write: _Write | None = None
-        self.baud = 115200
         self.exit: Exit | None = None
         self._handlers: dict[int, Callable[[bytes, int], tuple[int, bytes]]] = {
             SYNC: self._sync,
@@ -271,8 +270,7 @@ class RomLoader:
         new, _old = self._words(data, 2)
         if new == 0:
             raise LoaderError(INVALID_MESSAGE, "baud rate 0")
-        self.baud = new  # a pty carries bytes at any rate
-        return 0, b""
+        return 0, b""  # a pty carries bytes at any rate
 
     def _need_flash(self, offset: int, length: int) -> None:
         if not self._attached:
