@@ -32,9 +32,9 @@ def test_every_suite_test_passes_on_a_device_already_online(bench, console: str)
 
 
 def test_a_dead_device_errors_every_test_at_once_with_one_diagnosis(bench) -> None:
-    """The board's own supply is off and the rig's board relay (channel 3) switches nothing:
+    """The board's own supply is off and the rig's board relay (channel 4) switches nothing:
     bring-up gets no STATUS:ONLINE, and no test waits out its own limits."""
-    rig = bench(board_channel=3)
+    rig = bench(board_channel=4)
     with serial.Serial(str(rig.ports.relay), 9600) as relay:
         relay.write(encode_frame(2, True))  # normally closed: energized is the board off
         relay.flush()
