@@ -104,10 +104,13 @@ def _settings_kept(port: serial.Serial) -> Iterator[None]:
     try:
         yield
     finally:
-        port.apply_settings(settings)
-        if port.is_open:
-            with contextlib.suppress(serial.SerialException, OSError):
-                port.reset_input_buffer()  # the loader's last replies are no console lines
+        # esptool closes the port when it gives up connecting; one that went away meanwhile
+        # is the reader's to find again.
+        with contextlib.suppress(serial.SerialException, OSError):
+            if not port.is_open:
+                port.open()
+            port.apply_settings(settings)
+            port.reset_input_buffer()  # the loader's last replies are no console lines
 
 
 @contextlib.contextmanager
@@ -117,21 +120,12 @@ def connected(console: Any, options: FirmwareOptions, within: float) -> Iterator
     The caller has restarted the chip into its loader; the port may be away for a moment (a
     native USB port re-enumerating), so connecting is tried again until `within` seconds pass.
     """
-    lend = getattr(console, "lend_port", None)
-    if lend is None:
-        raise FlashError(
-            f'[firmware] method = "serial" writes through the console port, but '
-            f'{console.describe()} has none; use [console] driver = "serial", or [firmware] '
-            'method = "ota"'
-        )
     deadline = time.monotonic() + within
     with esptool_logging():
         while True:
             with contextlib.ExitStack() as stack:
                 try:
-                    port = stack.enter_context(lend())
-                    if not port.is_open:
-                        raise ConsoleError("the console port is closed")
+                    port = stack.enter_context(console.lend_port())
                     stack.enter_context(_settings_kept(port))
                     esp = detect_chip(port, ROM_BAUD, "no-reset", connect_attempts=CONNECT_ATTEMPTS)
                 except (ConsoleError, FatalError, serial.SerialException, OSError) as exc:
