@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 from hil.cli.run import names_test_paths
+from hil.firmware.install import unusable
+from hil.firmware.source import read_source
+from hil.rig import load_rig
 
 from .conftest import make_build
 
@@ -57,16 +60,6 @@ def test_a_firmware_that_does_not_exist_stops_the_run_with_one_line(configure, t
     assert "ran" not in out
 
 
-def test_a_corrupt_app_in_a_build_stops_the_run(configure, tmp_path) -> None:
-    build = make_build(tmp_path / "build")
-    data = bytearray((build / "demo.bin").read_bytes())
-    data[-40] ^= 0xFF
-    (build / "demo.bin").write_bytes(data)
-    ret, err, _ = configure("--firmware", str(build))
-    assert ret == pytest.ExitCode.USAGE_ERROR
-    assert "demo.bin is not a valid ESP32 image" in err and "rebuild" in err
-
-
 def test_a_rig_that_cannot_start_the_serial_loader_names_the_tables_to_add(
     configure, tmp_path
 ) -> None:
@@ -77,12 +70,14 @@ def test_a_rig_that_cannot_start_the_serial_loader_names_the_tables_to_add(
     assert "add [boot_strap]" in err and '[reset] driver = "esp-serial"' in err
 
 
-def test_an_ota_install_too_big_for_the_partition_is_refused(configure, tmp_path) -> None:
+def test_an_ota_install_too_big_for_the_partition_is_refused(tmp_path) -> None:
     build = make_build(tmp_path / "build", size=40_000)
+    rig_file = tmp_path / "rig.toml"
     extra = '[firmware]\nmethod = "ota"\n[profile.ota]\npartition_size = 32768\n'
-    ret, err, _ = configure("--firmware", str(build), extra=extra)
-    assert ret == pytest.ExitCode.USAGE_ERROR
-    assert "larger than the OTA partition (32768 bytes" in err
+    rig_file.write_text(RIG.format(port="/dev/null", mark=tmp_path / "m", extra=extra))
+    rig = load_rig(rig_file)
+    problem = unusable(rig, rig.firmware, read_source(build, "esp32s3"))
+    assert problem is not None and "larger than the OTA partition (32768 bytes" in problem
 
 
 def test_reflash_without_a_firmware_is_refused(configure) -> None:
