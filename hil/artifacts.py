@@ -2,7 +2,9 @@
 
 Console and MQTT records arrive from long-lived session resources; `ArtifactStore.append`
 routes each to the folder of the test running now (or to `_session/` between tests), so a
-crash mid-run still leaves every line written so far.
+crash mid-run still leaves every line written so far. A run's folder is claimed only when
+something is written to it, and test folders only once `start` says the run uses a rig: the
+harness's own unit tests leave no run folders behind.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+DEFAULT_BASE = Path("hil-artifacts")
+NAME_MAX = 180  # of a test folder's name, well under the 255 bytes file systems allow
 
-def default_root(base: Path = Path("hil-artifacts")) -> Path:
+
+def default_root(base: Path = DEFAULT_BASE) -> Path:
     """Claim a new run folder under `base`, named by its start time, and return it.
 
     Two runs must never share a folder (their brokers' config files and twins' links would
@@ -33,42 +38,87 @@ def default_root(base: Path = Path("hil-artifacts")) -> Path:
             n += 1
 
 
-def _folder_name(nodeid: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__"))
-    return name[:180]
+def folder_name(seq: int, nodeid: str) -> str:
+    """`0007-test_suites__test_echo.py__test_x[a]`: sorts in run order, unique within a run.
+
+    The sequence number keeps two tests apart even when their ids shorten to the same name.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.\-\[\]]+", "_", nodeid.replace("::", "__").replace("/", "__"))
+    return f"{seq:04d}-{name}"[:NAME_MAX]
 
 
 class ArtifactStore:
-    """Files under `root`, one folder per test; appends go to the current folder."""
+    """Files under one run folder, one folder per test; appends go to the current folder.
+
+    `root` is the folder given (`--hil-artifacts`), or one claimed under `base` the first time
+    anything needs it.
+    """
 
     SESSION = "_session"
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.current = root / self.SESSION
+    def __init__(self, root: Path | None = None, base: Path = DEFAULT_BASE) -> None:
+        self.given = root is not None
+        self.base = base
+        self._root = root
+        self.recording = False
+        self.test_folder: Path | None = None  # the running test's folder, while recording
+        self._seq = 0
         self._files: dict[str, IO[str]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
-    def begin_test(self, nodeid: str) -> Path:
-        """Start `nodeid`'s folder now, so a test that fails before logging anything has one."""
+    @property
+    def root(self) -> Path:
+        with self._lock:
+            if self._root is None:
+                self._root = default_root(self.base)
+            return self._root
+
+    @property
+    def where(self) -> str:
+        """The run folder as the terminal header names it, without claiming it."""
+        if self._root is not None:
+            return str(self._root)
+        return f"{self.base}/<start time>/"
+
+    @property
+    def current(self) -> Path:
+        """Where appends go now: the running test's folder, else `_session/`."""
+        return self.test_folder or self.root / self.SESSION
+
+    def start(self) -> Path:
+        """Give every test from now on its own folder; return the run folder."""
+        with self._lock:
+            self.recording = True
+            self.root.mkdir(parents=True, exist_ok=True)
+            return self.root
+
+    def begin_test(self, nodeid: str) -> Path | None:
+        """Start `nodeid`'s folder now, so a test that fails before logging anything has one.
+
+        None when the run keeps no test folders (it was never started).
+        """
         with self._lock:
             self._close_files()
-            self.current = self.root / _folder_name(nodeid)
-            self.current.mkdir(parents=True, exist_ok=True)
-            return self.current
+            if not self.recording:
+                return None
+            self._seq += 1
+            self.test_folder = self.root / folder_name(self._seq, nodeid)
+            self.test_folder.mkdir(parents=True, exist_ok=True)
+            return self.test_folder
 
     def end_test(self) -> None:
         with self._lock:
             self._close_files()
-            self.current = self.root / self.SESSION
+            self.test_folder = None
 
     def append(self, name: str, text: str) -> None:
         with self._lock:
             handle = self._files.get(name)
             if handle is None:
-                self.current.mkdir(parents=True, exist_ok=True)
+                folder = self.current
+                folder.mkdir(parents=True, exist_ok=True)
                 handle = self._files[name] = open(  # noqa: SIM115 - kept open until the test ends
-                    self.current / name, "a", encoding="utf-8"
+                    folder / name, "a", encoding="utf-8"
                 )
             handle.write(text)
             handle.flush()
@@ -77,10 +127,12 @@ class ArtifactStore:
         """A callable that appends to `name` in whichever folder is current."""
         return lambda text: self.append(name, text)
 
-    def write(self, name: str, text: str) -> Path:
+    def write(self, name: str, text: str) -> Path | None:
+        """Write `name` in the running test's folder; None when there is none to write to."""
         with self._lock:
-            self.current.mkdir(parents=True, exist_ok=True)
-            path = self.current / name
+            if self.test_folder is None:
+                return None
+            path = self.test_folder / name
             path.write_text(text, encoding="utf-8")
             return path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hil.artifacts import ArtifactStore, default_root
+from hil.artifacts import ArtifactStore
 from hil.bringup import DeviceState, RigDown, VersionUnknown
 from hil.broker import BrokerError
 from hil.lifetime import UNWIND_SIGNALS
@@ -80,7 +80,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[RIG_KEY] = rig
     config.stash[RIG_ORIGIN_KEY] = "" if given else " (default)"
     root = config.getoption("--hil-artifacts")
-    config.stash[STORE_KEY] = ArtifactStore(Path(root) if root else default_root())
+    config.stash[STORE_KEY] = ArtifactStore(Path(root) if root else None)
     for sig in UNWIND_SIGNALS:
         if signal.getsignal(sig) is signal.SIG_DFL:
             # SIGTERM from a CI runner, SIGHUP from a closed terminal: unwind like Ctrl-C, so
@@ -101,7 +101,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     kind = "virtual rig" if rig.sim else "hardware rig"
     return [
         f"hil rig: {rig.path} ({kind}{config.stash[RIG_ORIGIN_KEY]}), "
-        f"profile {rig.profile.name}, artifacts {config.stash[STORE_KEY].root}"
+        f"profile {rig.profile.name}, artifacts {config.stash[STORE_KEY].where}"
     ]
 
 

@@ -1,5 +1,5 @@
 """Artifact folders: one per run even when runs start together, one per test even when it is quiet,
-and the suites' measurements and refusal messages in them when a test fails."""
+in run order, and the suites' measurements and refusal messages in them when a test fails."""
 
 from __future__ import annotations
 
@@ -76,17 +76,55 @@ def test_run_folders_sort_in_the_order_the_runs_started(tmp_path, monkeypatch) -
 
 def test_begin_test_makes_the_folder_before_anything_is_written(tmp_path) -> None:
     store = ArtifactStore(tmp_path / "run")
+    store.start()
     folder = store.begin_test("test_x.py::test_quiet[a]")
+    assert folder == tmp_path / "run" / "0001-test_x.py__test_quiet[a]"
     assert folder.is_dir() and list(folder.iterdir()) == []
     store.end_test()
     assert folder.is_dir()
 
 
+def test_test_folders_sort_in_run_order_and_never_share_a_name(tmp_path) -> None:
+    store = ArtifactStore(tmp_path / "run")
+    store.start()
+    long_id = "test_x.py::test_p[" + "a" * 300  # shortened, every one to the same name
+    nodeids = [f"{long_id}{n}]" for n in range(12)] + ["test_b.py::test_z", "test_a.py::test_a"]
+    names = [store.begin_test(nodeid).name for nodeid in nodeids]
+    assert len(set(names)) == len(nodeids)
+    assert names == sorted(names)
+    assert max(len(name) for name in names) <= artifacts.NAME_MAX
+
+
+def test_a_store_never_started_claims_no_folder(tmp_path) -> None:
+    store = ArtifactStore(base=tmp_path / "base")
+    assert store.begin_test("tests/test_unit.py::test_x") is None
+    assert store.write("measurements.json", "[]") is None
+    store.end_test()
+    assert not (tmp_path / "base").exists()
+    assert store.where == f"{tmp_path / 'base'}/<start time>/"
+
+
+QUIET_RIG = """
+[rig]
+name = "quiet"
+[console]
+driver = "serial"
+port = "/dev/hil-test-no-such-console"
+[broker]
+driver = "embedded"
+"""
+
+
 def test_a_failed_test_that_logged_nothing_has_its_folder(pytester) -> None:
-    pytester.makepyfile(test_inner="def test_quiet():\n    raise AssertionError('no log')\n")
-    result = pytester.runpytest("--hil-artifacts", "art")
+    (pytester.path / "rig.toml").write_text(QUIET_RIG)
+    pytester.makepyfile(
+        test_inner="import pytest\n\n@pytest.mark.hil\n"
+        "def test_quiet():\n    raise AssertionError('no log')\n"
+    )
+    result = pytester.runpytest("--rig", "rig.toml", "--hil-artifacts", "art")
     result.assert_outcomes(failed=1)
-    assert (pytester.path / "art" / "test_inner.py__test_quiet").is_dir()
+    folder = pytester.path / "art" / "0001-test_inner.py__test_quiet"
+    assert json.loads((folder / "result.json").read_text())["message"] == "AssertionError: no log"
 
 
 def _suite_module(name: str) -> ModuleType:
@@ -144,8 +182,11 @@ def test_failed_suite_tests_keep_their_measurements_and_say_what_the_device_did(
         if (failure := case.find("failure")) is not None
     }
     assert set(failures) == set(FAILS_AFTER_MEASURING), run.stdout[-3000:]
+    folders = {
+        t["nodeid"]: t["folder"] for t in json.loads((art / "run.json").read_text())["tests"]
+    }
     for node in list(FAILS_AFTER_MEASURING)[:2]:
-        folder = art / artifacts._folder_name(f"test_suites/{node}")
+        folder = art / folders[f"test_suites/{node}"]
         measured = json.loads((folder / "measurements.json").read_text())
         assert measured, f"{node} failed without its measurements"
     refusal = failures["test_ota.py::test_corrupted_byte_is_refused_at_verify"]

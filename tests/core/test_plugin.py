@@ -78,7 +78,7 @@ async def test_online(dut, mqtt, measurements):
 """
     result = run(pytester, rig_file, source, "--junitxml", "out.xml")
     result.assert_outcomes(passed=1)
-    folder = pytester.path / "art" / "test_inner.py__test_online"
+    folder = pytester.path / "art" / "0001-test_inner.py__test_online"
     assert "Firmware 2.0.1 starting" in (folder / "console.log").read_text()
     topics = [
         json.loads(line)["payload"] for line in (folder / "mqtt.jsonl").read_text().splitlines()
