@@ -30,6 +30,10 @@ DEVICE_KEY = pytest.StashKey[DeviceState]()
 RIG_ERRORS_SEEN_KEY = pytest.StashKey[dict[str, str]]()
 # The rig is at fault: error, not fail.
 RIG_ERRORS = (RigDown, VersionUnknown, ConfigError, BrokerError)
+SUITE_MARKERS = {  # how a lab picks suite tests: `-m smoke` on merges, everything nightly
+    "smoke": "one fast test per suite, for merge CI (-m smoke)",
+    "slow": 'takes more than a few seconds (deselect with -m "not slow")',
+}
 CAPABILITY_HINTS = {
     "power": "it has no [power] table",
     "board_power": "it has no [board_power] table",
@@ -69,6 +73,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "needs(capability): skip unless the rig has it (power, broker_log)"
     )
+    registered = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for name, text in SUITE_MARKERS.items():
+        if name not in registered:
+            config.addinivalue_line("markers", f"{name}: {text}")
     given = config.getoption("--rig")
     path = Path(given) if given else Path(config.rootpath) / DEFAULT_RIG
     rig = None

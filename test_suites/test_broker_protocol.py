@@ -13,6 +13,7 @@ pytestmark = [
 ]
 
 
+@pytest.mark.smoke
 async def test_device_connects_with_the_profiles_mqtt_version(dut, broker) -> None:
     await dut.current_version()
     prefix = dut.topics.client_id_prefix

@@ -28,6 +28,7 @@ PAYLOADS = {
     "utf8_multibyte": lambda n: "Gr\u00fc\u00dfe, \u4e16\u754c \u2603 \u00e9t\u00e9",
     "json": lambda n: '{"cmd":"relay","channel":2,"on":true,"seq":417}',
 }
+SMOKE_PAYLOAD = "seed_test_message"  # the echo merge CI runs (-m smoke)
 
 
 def lcd_pattern(dut) -> re.Pattern[str]:
@@ -36,7 +37,13 @@ def lcd_pattern(dut) -> re.Pattern[str]:
     return re.compile(dut.profile.console.lcd.replace("(?P<text>", f"(?P<text>{prefix}", 1))
 
 
-@pytest.mark.parametrize("make", PAYLOADS.values(), ids=PAYLOADS.keys())
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(make, id=name, marks=pytest.mark.smoke if name == SMOKE_PAYLOAD else ())
+        for name, make in PAYLOADS.items()
+    ],
+)
 async def test_echo_answers_plaintext_then_prefixed_ciphertext(dut, measurements, make) -> None:
     text = make(dut.profile.crypto.max_plaintext)
     await dut.current_version()

@@ -25,6 +25,8 @@ REFUSED = {"corrupt_byte", "truncate"}
 DELIVERED_DESPITE = [name for name in FaultPlan.NAMES if name not in REFUSED]
 # Plans whose dropped chunk is followed by later ones in the window: the device sees the gap.
 GAP_PLANS = {"drop_first", "drop_middle", "drop_burst_5", "drop_random_10pct"}
+# Merge CI updates once, without faults (-m smoke); the plans that take longest are slow.
+PLAN_MARKS = {"none": pytest.mark.smoke, "drop_last": pytest.mark.slow, "reorder": pytest.mark.slow}
 
 
 def new_image(tag: str, size: int = IMAGE_SIZE) -> tuple[bytes, str]:
@@ -52,7 +54,9 @@ async def update_and_reboot(dut, image: bytes, plan: FaultPlan | None = None):
     return result, version
 
 
-@pytest.mark.parametrize("plan_name", DELIVERED_DESPITE)
+@pytest.mark.parametrize(
+    "plan_name", [pytest.param(name, marks=PLAN_MARKS.get(name, ())) for name in DELIVERED_DESPITE]
+)
 async def test_ota_delivers_the_image_despite(dut, measurements, plan_name: str) -> None:
     await dut.current_version()
     image, version = new_image(plan_name)
@@ -141,6 +145,7 @@ async def test_begin_while_busy_is_refused(dut) -> None:
     assert reply.first.text == "not busy any more"
 
 
+@pytest.mark.slow
 @pytest.mark.needs("power")
 async def test_power_cut_mid_update_keeps_old_firmware_and_next_update_succeeds(dut) -> None:
     before = await dut.current_version()

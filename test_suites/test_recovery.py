@@ -17,6 +17,8 @@ pytestmark = [
 
 # Cut lengths in units of the firmware's retry budget (MAX_RETRIES x RETRY_DELAY).
 DURATIONS = {"short": 0.3, "medium": 1.0, "longer_than_retry_budget": 2.5}
+# Merge CI cuts once, briefly (-m smoke); a cut that outlasts the retry budget is slow.
+CUT_MARKS = {"short": pytest.mark.smoke, "longer_than_retry_budget": pytest.mark.slow}
 
 
 def transitions(dut, since: int) -> list[str]:
@@ -57,12 +59,19 @@ async def cut_and_recover(dut, measurements, seconds: float, label: str = "") ->
     assert reply.first.text == f"back after {seconds:.2f} s off", "subscriptions must be restored"
 
 
-@pytest.mark.parametrize("budgets", DURATIONS.values(), ids=DURATIONS.keys())
+@pytest.mark.parametrize(
+    "budgets",
+    [
+        pytest.param(budgets, id=name, marks=CUT_MARKS.get(name, ()))
+        for name, budgets in DURATIONS.items()
+    ],
+)
 async def test_recovers_after_power_cut(dut, measurements, budgets: float) -> None:
     await dut.current_version()
     await cut_and_recover(dut, measurements, budgets * dut.profile.firmware.retry_budget_s)
 
 
+@pytest.mark.slow
 async def test_recovers_after_three_cuts_in_a_row(dut, measurements) -> None:
     await dut.current_version()
     for n in range(3):
