@@ -7,6 +7,10 @@ when the rig gives `match`), reopens it and carries on; a device that stays away
 `reappear_s` fails whatever test is waiting on it. What the chip prints while the port is away
 is lost, as on the hardware: only `survives_reset = true` (a UART bridge board, whose port
 stays) lets bring-up and the suites rely on boot banners.
+
+A port may also be a pyserial URL (`rfc2217://host:port`, `socket://host:port`): a console
+served over the network, such as a labgrid place's. Its session sets `locate` to look up where
+the port is served now, since an exporter serves a port that came back on a new TCP port.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +63,11 @@ class SerialOptions:
         return "udev " + " ".join(f"{k}={v}" for k, v in sorted(self.match.items()))
 
 
+def _is_url(port: str) -> bool:
+    """A pyserial URL (`rfc2217://`, `socket://`) rather than a device path."""
+    return "://" in port
+
+
 class SerialConsole(ConsoleBuffer):
     """Reads lines in a thread; everything else (expect, incidents, log) is ConsoleBuffer's."""
 
@@ -76,8 +85,13 @@ class SerialConsole(ConsoleBuffer):
         self._node: str | None = None  # the device node the rig's path pointed at when opened
         self.port_path: str | None = None
         self.reopened = 0
+        self.locate: Callable[[], str | None] | None = None  # where a network port is served now
 
     def _find_port(self) -> str | None:
+        if self.locate is not None:
+            return self.locate()
+        if self.options.port and _is_url(self.options.port):
+            return self.options.port
         if self.options.port:
             return self.options.port if Path(self.options.port).exists() else None
         from hil.discovery import UdevMatch, find_port
@@ -90,10 +104,10 @@ class SerialConsole(ConsoleBuffer):
         path = self._find_port()
         if path is None:
             return False
-        node = os.path.realpath(path)
+        node = path if _is_url(path) else os.path.realpath(path)
         try:
             # exclusive: a second reader (a terminal left open) would steal lines from the run
-            self._serial = serial.Serial(
+            self._serial = serial.serial_for_url(
                 path, self.options.baud, timeout=self.POLL_S, exclusive=True
             )
         except (serial.SerialException, OSError):
@@ -107,7 +121,8 @@ class SerialConsole(ConsoleBuffer):
 
     def _moved(self) -> bool:
         """The rig's path now names another device node (a symlink re-made on re-enumeration)."""
-        return self.options.port is not None and os.path.realpath(self.options.port) != self._node
+        port = self.options.port
+        return port is not None and not _is_url(port) and os.path.realpath(port) != self._node
 
     def open(self, timeout: float | None = None) -> None:
         """Open the port (waiting up to `timeout`, default reappear_s) and start reading."""

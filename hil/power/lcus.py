@@ -1,4 +1,8 @@
-"""LCUS-1/2/4 USB serial relay boards (CH340 at 9600 8N1): frame `A0 <channel> <state> <sum>`."""
+"""LCUS-1/2/4 USB serial relay boards (CH340 at 9600 8N1): frame `A0 <channel> <state> <sum>`.
+
+The port is a device path, or a pyserial URL (`rfc2217://host:port`) for a board served over
+the network, such as a labgrid place's relay: the same frames go through.
+"""
 
 from __future__ import annotations
 
@@ -78,7 +82,7 @@ class _Board:
 
     @classmethod
     def hold(cls, path: str, baud: int) -> _Board:
-        key = os.path.realpath(path)
+        key = path if "://" in path else os.path.realpath(path)
         with cls._boards_lock:
             board = cls._boards.get(key)
             if board is None:
@@ -103,7 +107,7 @@ class _Board:
             self._close()
 
     def _open(self) -> serial.Serial:
-        return serial.Serial(self.path, self.baud, timeout=1)
+        return serial.serial_for_url(self.path, self.baud, timeout=1)
 
     def _close(self) -> None:
         if self.serial is not None:
