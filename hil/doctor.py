@@ -18,6 +18,7 @@ from pathlib import Path
 from hil.bringup import DeviceState, RigDown
 from hil.broker import BrokerError
 from hil.console import ConsoleBuffer, ConsoleTimeout
+from hil.lab import LabError
 from hil.lock import RigBusy
 from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.power import PowerDriver, PowerError
@@ -84,6 +85,10 @@ class Doctor:
         rest = ["broker", "bring-up", "console", "relay", "device"]
         try:
             session.start()
+        except LabError as exc:  # the lab's place: not there, not ours in time, no labgrid
+            self._add("place", FAIL, str(exc))
+            self._skip_rest("place", rest)
+            return
         except RigBusy as exc:
             self._add("rig free", FAIL, str(exc))
             self._skip_rest("rig free", rest)
@@ -102,6 +107,8 @@ class Doctor:
             return
         rig, endpoint = session.rig, session.endpoint
         assert endpoint is not None and session.console is not None
+        if session.place is not None:
+            self._add("place", OK, f"acquired {session.place.describe()}")
         recorder = MqttRecorder(endpoint, [rig.profile.mqtt.status_topic], "hil-doctor")
         try:
             await recorder.__aenter__()

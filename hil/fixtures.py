@@ -10,7 +10,7 @@ rig that cannot do that makes every rig test error with one diagnosis. Registere
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 import pytest_asyncio
@@ -34,7 +34,12 @@ def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
     if rig is None:
         raise ConfigError("", "no rig file: pass --rig PATH (for example rigs/sim.toml)")
     store = request.config.stash[STORE_KEY]
-    session = RigSession(rig, store.root / "_rig", console_sink=store.sink("console.log"))
+    session = RigSession(
+        rig,
+        store.root / "_rig",
+        console_sink=store.sink("console.log"),
+        notice=_terminal_notice(request.config),
+    )
     try:
         if request.config.getoption("--hil-doctor"):
             from hil.doctor import check_rig
@@ -49,6 +54,20 @@ def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
         yield session
     finally:
         session.close()
+
+
+def _terminal_notice(config: pytest.Config) -> Callable[[str], None] | None:
+    """A line on the terminal at once, past pytest's capture: a place's queue while it waits."""
+    terminal = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if terminal is None or capture is None:
+        return None
+
+    def notice(text: str) -> None:
+        with capture.global_and_fixture_disabled():
+            terminal.write_line(text)
+
+    return notice
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ Loading validates everything a run needs before any test: unknown keys, wrong ty
 files and unknown drivers stop it with one line naming the file, the key and the fix. Driver
 tables are checked against the driver's own `Options` dataclass, so a third-party driver's keys
 are validated the same way. Paths are relative to the rig file; `{sim}` stands for the virtual
-rig's port folder, known only once the twin runs.
+rig's port folder, known only once the twin runs; `{labgrid:NAME}` the serial port NAME of the
+rig's `[labgrid]` place, known only once the place is acquired.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 
 from hil import registry, schema
 from hil.firmware.options import FirmwareOptions, load_firmware_table
+from hil.lab import LabgridOptions, load_options, resource_names
 from hil.power import CommonPowerOptions
 from hil.profile import DeviceProfile, load_profile
 from hil.schema import ConfigError
@@ -29,6 +31,7 @@ SIM_DIR = "{sim}"
 DRIVER_GROUPS = {"board_power": "power", "boot_strap": "power"}
 SECTIONS = (
     "rig",
+    "labgrid",
     "console",
     "power",
     "board_power",
@@ -75,6 +78,7 @@ class Rig:
     board_power: DriverConfig | None = None  # the whole device's supply, for a cold boot
     board_power_common: CommonPowerOptions = field(default_factory=CommonPowerOptions)
     reset: DriverConfig | None = None  # the chip's reset line, or a command that resets it
+    labgrid: LabgridOptions | None = None  # the lab's place whose ports {labgrid:NAME} name
     boot_strap: DriverConfig | None = None  # holds GPIO0 low, for the chip's serial loader
     boot_strap_common: CommonPowerOptions = field(default_factory=CommonPowerOptions)
     firmware: FirmwareOptions | None = None  # the firmware under test and how it is written
@@ -108,8 +112,37 @@ class Rig:
             boot_strap=_substitute(self.boot_strap, sim_dir) if self.boot_strap else None,
         )
 
+    @property
+    def lab_resources(self) -> list[str]:
+        """The place's resources the drivers' options name with `{labgrid:NAME}`."""
+        names: list[str] = []
+        for config in self._driver_configs().values():
+            names += resource_names(_options_text(config.options))
+        return sorted(set(names))
+
+    def with_lab_ports(self, urls: dict[str, str]) -> Rig:
+        """This rig with each `{labgrid:NAME}` replaced by where the place serves NAME now."""
+        changes = {}
+        for section, config in self._driver_configs().items():
+            for name, url in urls.items():
+                config = _replace(config, f"{{labgrid:{name}}}", url)
+            changes[section] = config
+        return dataclasses.replace(self, **changes)
+
+    def _driver_configs(self) -> dict[str, DriverConfig]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), DriverConfig)
+        }
+
     def summary(self) -> list[str]:
         lines = [f"rig {self.name!r} from {self.path}"]
+        if self.labgrid:
+            lines.append(
+                f"  place:   {self.labgrid.place} on the labgrid coordinator "
+                f"{self.labgrid.coordinator} (waits up to {self.labgrid.wait_s:g} s for it)"
+            )
         lines.append(f"  console: {self.console.name} {_options_text(self.console.options)}")
         if self.power:
             nc = " (normally closed)" if self.power_common.normally_closed else ""
@@ -160,11 +193,15 @@ def _options_text(options: Any) -> str:
 
 
 def _substitute(config: DriverConfig, sim_dir: Path) -> DriverConfig:
+    return _replace(config, SIM_DIR, str(sim_dir))
+
+
+def _replace(config: DriverConfig, old: str, new: str) -> DriverConfig:
     changes = {
-        f.name: getattr(config.options, f.name).replace(SIM_DIR, str(sim_dir))
+        f.name: getattr(config.options, f.name).replace(old, new)
         for f in dataclasses.fields(config.options)
         if isinstance(getattr(config.options, f.name), str)
-        and SIM_DIR in getattr(config.options, f.name)
+        and old in getattr(config.options, f.name)
     }
     return dataclasses.replace(config, options=dataclasses.replace(config.options, **changes))
 
@@ -267,6 +304,10 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     required("broker", ' (driver = "auto" spawns one for the session)')
     broker = driver("broker")
     profile = _attempt(errors, None, lambda: _profile(tables))
+    lab = None
+    if "labgrid" in tables:
+        lab = _attempt(errors, None, lambda: load_options(tables["labgrid"]))
+    errors += _lab_port_errors(tables, "labgrid" in data)
     sim = None
     if "sim" in tables:
         sim = _attempt(errors, None, lambda: schema.load(SimOptions, tables["sim"], "sim"))
@@ -305,10 +346,36 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         board_power=board_power,
         board_power_common=board_common,
         reset=reset,
+        labgrid=lab,
         boot_strap=boot_strap,
         boot_strap_common=strap_common,
         firmware=firmware,
     )
+
+
+def _lab_port_errors(tables: dict[str, Any], has_lab: bool) -> list[ConfigError]:
+    """`{labgrid:NAME}` needs a [labgrid] table, and a NAME."""
+    errors = []
+    for section, table in tables.items():
+        for key, value in table.items():
+            names = resource_names(value) if isinstance(value, str) else []
+            if names and not has_lab:
+                errors.append(
+                    ConfigError(
+                        f"{section}.{key}",
+                        "names a labgrid resource ({labgrid:NAME}) but the rig has no "
+                        "[labgrid] table naming the place",
+                    )
+                )
+            elif any(not name.strip() for name in names):
+                errors.append(
+                    ConfigError(
+                        f"{section}.{key}",
+                        "{labgrid:} names no resource; write {labgrid:NAME} with the name of "
+                        "the place's resource",
+                    )
+                )
+    return errors
 
 
 def _profile(tables: dict[str, Any]) -> DeviceProfile:

@@ -1,9 +1,10 @@
 """Bringing a rig up for a test session and always giving it back.
 
-Order: the rig's lock (one run per rig), broker, then the twin (if the rig has `[sim]`), then
-the modem's power and the board's (switched on), the console reader, and the reset line.
-Teardown runs in reverse from one ExitStack, also on failure, timeout and Ctrl-C: power is left
-on, ports closed, spawned brokers and twins stopped, the lock released.
+Order: the lab's place (if the rig has `[labgrid]`: waited for in its queue, then acquired),
+the rig's lock (one run per rig), broker, then the twin (if the rig has `[sim]`), then the
+modem's power and the board's (switched on), the console reader, and the reset line. Teardown
+runs in reverse from one ExitStack, also on failure, timeout and Ctrl-C: power is left on,
+ports closed, spawned brokers and twins stopped, the lock released, the place released last.
 
 Nothing here waits for the device: it may be off, running, or halfway through a boot, and a
 native USB console may not exist yet. Putting it in a known state is bring-up's work
@@ -14,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hil.broker import BrokerDriver, BrokerEndpoint
 from hil.console import ConsoleBuffer
+from hil.lab import PLACEHOLDER
+from hil.lab.place import PlaceHold
 from hil.lock import RigLock
 from hil.power import PowerDriver
 from hil.reset import ResetDriver
@@ -33,11 +37,17 @@ class RigSession:
     """The open resources of one rig; `rig` is updated with the twin's real port paths."""
 
     def __init__(
-        self, rig: Rig, workdir: Path, console_sink: Callable[[str], None] | None = None
+        self,
+        rig: Rig,
+        workdir: Path,
+        console_sink: Callable[[str], None] | None = None,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         self.rig = rig
         self.workdir = workdir
         self.console_sink = console_sink  # gets every console line, from the first boot line on
+        self.notice = notice or _to_stderr  # what a person waiting should see now (the queue)
+        self.place: PlaceHold | None = None
         self.broker: BrokerDriver | None = None
         self.endpoint: BrokerEndpoint | None = None
         self.twin: TwinProcess | None = None
@@ -57,6 +67,11 @@ class RigSession:
 
     def _start(self) -> None:
         rig = self.rig
+        console_port = getattr(rig.console.options, "port", None) or ""
+        if rig.labgrid is not None:
+            self.place = PlaceHold(rig.labgrid, rig.lab_resources, self.notice)
+            self._stack.callback(self.place.release)
+            self.rig = rig = rig.with_lab_ports(self.place.acquire())
         lock = RigLock(rig.path, rig.name)
         lock.acquire()
         self._stack.callback(lock.release)
@@ -83,6 +98,7 @@ class RigSession:
         self.board_power = self._switch_on(rig.board_power, rig.board_power_common, "board_power")
         self.console = rig.console.cls(rig.console.options, rig.profile)
         self.console.sink = self.console_sink
+        self._follow_place(self.console, console_port)
         self._stack.callback(self.console.close)
         if rig.reset_means:
             self.console.start()  # bring-up restarts the device; its port may come only then
@@ -90,6 +106,15 @@ class RigSession:
             self.console.open()  # nothing will make it appear: it must be there now
         if rig.reset is not None:
             self.reset = rig.reset.cls(rig.reset.options, rig.directory, self.console)
+
+    def _follow_place(self, console: ConsoleBuffer, port: str) -> None:
+        """A console on a place's port (`{labgrid:NAME}`) looks it up again whenever it is away:
+        the exporter serves a port that came back on a new TCP port."""
+        found = PLACEHOLDER.fullmatch(port)
+        if self.place is None or found is None or not hasattr(console, "locate"):
+            return
+        place, name = self.place, found[1]
+        console.locate = lambda: place.url(name)
 
     def _switch_on(self, config: DriverConfig | None, common, section: str) -> PowerDriver | None:
         """Open a power switch and turn it on; teardown leaves it on and closes it."""
@@ -117,3 +142,7 @@ class RigSession:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)

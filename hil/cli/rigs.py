@@ -1,7 +1,8 @@
 """`hil rigs check R`: validate a rig file and say what it found.
 
-The exit status is 0 only for a rig fit to run: valid, its ports present and its password
-variable set. Anything listed to fix exits 1, so a script or CI step can rely on the check.
+The exit status is 0 only for a rig fit to run: valid, its ports present (for a rig with
+`[labgrid]`: its place there and exporting the ports the rig names) and its password variable
+set. Anything listed to fix exits 1, so a script or CI step can rely on the check.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from hil.lab import resource_names
 from hil.rig import SIM_DIR, Rig, load_rig
 from hil.schema import ConfigError
 
@@ -28,7 +30,7 @@ def check(args: argparse.Namespace, extra: list[str]) -> int:
             )
         return 1
     print("\n".join(rig.summary()))
-    problems = _ports(rig) + _password(rig)
+    problems = _ports(rig) + _place(rig) + _password(rig)
     if problems:
         print(f"rig file OK, but {problems} thing(s) to fix before a run (exit status 1)")
         return 1
@@ -46,7 +48,7 @@ def _ports(rig: Rig) -> int:
     ):
         options = config.options if config else None
         port = getattr(options, "port", None)
-        if port and SIM_DIR not in port:
+        if port and SIM_DIR not in port and not resource_names(port):
             present = Path(port).exists()
             missing += not present
             print(f"  {group} port {port}: {'present' if present else 'NOT PRESENT now'}")
@@ -69,6 +71,17 @@ def _match_present(match: dict[str, str]) -> bool | str:
     if len(found) > 1:
         return f"{len(found)} ports answer; add serial or interface to match"
     return bool(found)
+
+
+def _place(rig: Rig) -> int:
+    """Print what the coordinator says of the rig's place and its ports; the problems seen."""
+    if rig.labgrid is None:
+        return 0
+    from hil.lab.check import check_place
+
+    lines, problems = check_place(rig.labgrid, rig.lab_resources)
+    print("\n".join(lines))
+    return problems
 
 
 def _password(rig: Rig) -> int:
