@@ -38,6 +38,7 @@ CAPABILITY_HINTS = {
     "power": "it has no [power] table",
     "board_power": "it has no [board_power] table",
     "broker_log": "its broker driver does not report client connections (use mosquitto)",
+    "http_ota": "its profile does not declare HTTP OTA ([profile.http_ota] enabled = true)",
 }
 
 

@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any, ClassVar
 
 from hil import schema
+from hil.protocol import http_ota
 from hil.protocol.crypto import Cipher
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -118,6 +119,65 @@ class OtaContract:
             check(schema.positive, self.chunk_timeout_s, "chunk_timeout_s")
 
 
+def _template(value: str, name: str, fields: tuple[str, ...]) -> None:
+    """A message template with exactly the placeholders the harness fills in or reads."""
+    try:
+        found = http_ota.placeholders(value)
+    except ValueError as exc:
+        raise schema.ConfigError(name, f"got {value!r}: {exc}") from None
+    if sorted(found) != sorted(fields) or not value.strip():
+        wanted = ", ".join(f"{{{f}}}" for f in fields) or "no placeholder"
+        raise schema.ConfigError(name, f"got {value!r}, expected a message with {wanted}")
+
+
+def _path(value: str, name: str) -> None:
+    if not value.startswith("/") or any(c in value for c in ' "?#\r\n'):
+        raise schema.ConfigError(name, f"got {value!r}, expected a URL path such as /version")
+
+
+@dataclass(frozen=True)
+class HttpOtaContract:
+    """HTTP OTA with version check and rollback (seed 003): the device is told a server's URL
+    on the firmware topic, reads `version_path` there, downloads `image_path` with range
+    requests when that version is newer, verifies it, boots it, and rolls back when it fails
+    its self-test. Each message is a template ({name} placeholders); the server the suites
+    start listens on `server_host`, which must be an address the device reaches."""
+
+    enabled: bool = False
+    url: str = "OTA:URL:{url}"
+    version_path: str = "/version"
+    image_path: str = "/firmware.bin"
+    checking: str = "OTA:HTTP:CHECKING"
+    refused: str = "OTA:HTTP:REFUSED:not newer ({running} >= {offered})"
+    downloading: str = "OTA:HTTP:DOWNLOADING:{received}/{total}"
+    resumed: str = "OTA:HTTP:RESUMED:{at}"
+    failed: str = "OTA:HTTP:FAILED:{reason}"
+    rollback: str = "OTA:ROLLBACK:{version}"
+    server_host: str = "127.0.0.1"
+    server_port: int = 0
+    download_s: float = 300.0
+
+    FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "url": ("url",),
+        "checking": (),
+        "refused": ("running", "offered"),
+        "downloading": ("received", "total"),
+        "resumed": ("at",),
+        "failed": ("reason",),
+        "rollback": ("version",),
+    }
+
+    def __post_init__(self) -> None:
+        with schema.Checks() as check:
+            for name, fields in self.FIELDS.items():
+                check(_template, getattr(self, name), name, fields)
+            check(_path, self.version_path, "version_path")
+            check(_path, self.image_path, "image_path")
+            check(schema.nonempty, self.server_host, "server_host", "host name or address")
+            check(schema.port, self.server_port, "server_port", free=True)
+            check(schema.positive, self.download_s, "download_s")
+
+
 @dataclass(frozen=True)
 class StatusContract:
     online: str = r"^STATUS:ONLINE:(?P<version>\S{1,31})$"
@@ -219,6 +279,7 @@ class DeviceProfile:
     console: ConsoleContract
     firmware: FirmwareContract
     limits: Limits
+    http_ota: HttpOtaContract = field(default_factory=HttpOtaContract)
 
 
 def shipped_profiles() -> list[str]:

@@ -333,6 +333,8 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         caps.add("board_power")
     if getattr(broker.cls, "reports_connections", False):
         caps.add("broker_log")
+    if profile.http_ota.enabled:
+        caps.add("http_ota")
     return Rig(
         path,
         info,
