@@ -207,4 +207,8 @@ class RelayPort:
                 switch(energized)
 
     def close(self) -> None:
+        # A frame the host wrote just before the twin was stopped has reached a real board and
+        # switched it: apply what is still unread, so the twin ends on the host's last frame.
+        while self._pty.master >= 0 and (data := self._pty.read_nowait()):
+            self._input(data)
         self._pty.close()
