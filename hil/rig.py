@@ -24,7 +24,7 @@ from hil.lab import LabgridOptions, load_options, resource_names
 from hil.power import CommonPowerOptions
 from hil.profile import DeviceProfile, load_profile
 from hil.schema import ConfigError
-from hil.sim.options import SimOptions
+from hil.sim.options import SimOptions, load_sim_table
 
 SIM_DIR = "{sim}"
 # A rig section whose drivers come from another group; [boot_strap] "on" holds GPIO0 low.
@@ -310,7 +310,7 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     errors += _lab_port_errors(tables, "labgrid" in data)
     sim = None
     if "sim" in tables:
-        sim = _attempt(errors, None, lambda: schema.load(SimOptions, tables["sim"], "sim"))
+        sim = _attempt(errors, None, lambda: load_sim_table(tables["sim"], rig_dir))
     if "sim" not in data:
         for config, group in (
             (console, "console"),

@@ -45,7 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.json",
         help="resolved device profile as JSON (default: the reference profile)",
     )
-    p.add_argument("--version", default=defaults.firmware_version, help="firmware version")
+    p.add_argument(
+        "--version",
+        default=defaults.firmware_version,
+        help="firmware version of a factory-fresh device",
+    )
+    p.add_argument(
+        "--flash",
+        type=Path,
+        metavar="FILE",
+        help="keep the whole flash in FILE, as a board keeps it across runs (created "
+        "factory-fresh when missing; delete it for a factory-fresh device); default: fresh "
+        "at every start",
+    )
     p.add_argument(
         "--time-scale",
         type=float,
@@ -194,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             board_channel=args.board_channel,
             strap_channel=args.strap_channel,
             console=args.console,
+            flash=args.flash,
         )
         if args.broker:
             _broker(args.broker)

@@ -10,17 +10,32 @@ the ROM loader writes over serial lands in the same bytes, so an image written a
 when otadata is erased or selects ota_0.
 
 The bootloader logs at warning level, so only its E lines reach the console.
+
+With a flash file (`[sim] flash`), the whole 4 MB image outlives the twin as a board's flash
+outlives power cycles and runs: loaded at start (the factory state when the file is missing)
+and kept after every operation that changed it, replaced in one step, so a twin killed at any
+moment leaves a whole image: the one before the change or the one after it. One board's flash
+is one twin's: a twin holds the file's lock (`<file>.lock`, an flock that dies with it) while
+it runs, and a second twin on the same file is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
+import os
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from hil.protocol.image import build_image
 from hil.sim.esp_image import App, verify
-from hil.sim.spi_flash import SECTOR, SpiFlash
+from hil.sim.spi_flash import SECTOR, SIZE, SpiFlash
 
 SELFTEST_FAIL_SUFFIX = "-selftest-fail"
 DEFAULT_PROJECT = "esp32-sim7600"
@@ -29,6 +44,12 @@ OTADATA = 0xD000
 SLOTS = ((0x10000, 0x1E0000), (0x1F0000, 0x1E0000))  # (offset, size) of ota_0 and ota_1
 ENTRY = struct.Struct("<I20sII")  # esp_ota_select_entry_t: seq, label, state, crc
 ERASED_SEQ = 0xFFFFFFFF
+
+FRESH_FIX = "delete it for a factory-fresh device"
+CLAIM_WAIT_S = 5.0  # for a twin on the same file that is stopping, as the run before ends
+CLAIM_POLL_S = 0.05
+P = ParamSpec("P")
+R = TypeVar("R")
 
 # esp_ota_img_states_t
 NEW = 0x0
@@ -41,6 +62,89 @@ ABORTED = 0x4
 def _crc(seq: int) -> int:
     """bootloader_common_ota_select_crc: esp_rom_crc32_le(UINT32_MAX, &ota_seq, 4)."""
     return zlib.crc32(struct.pack("<I", seq), 0xFFFFFFFF)
+
+
+class FlashFileError(ValueError):
+    """A flash file that cannot hold the twin's flash; the message names it and the fix."""
+
+
+def _unreadable(file: Path, exc: OSError) -> FlashFileError:
+    if isinstance(exc, IsADirectoryError):
+        return FlashFileError(f"the twin's flash file {file} is a folder; {FRESH_FIX}")
+    return FlashFileError(f"cannot read the twin's flash file {file}: {exc.strerror}")
+
+
+def _check_size(file: Path, size: int) -> None:
+    if size != SIZE:
+        raise FlashFileError(
+            f"the twin's flash file {file} holds {size} bytes, not a whole "
+            f"{SIZE // 2**20} MB flash image (cut short, or not the twin's); {FRESH_FIX}"
+        )
+
+
+def check_file(file: Path) -> None:
+    """FlashFileError unless `file` is missing (a factory-fresh device) or a whole image."""
+    try:
+        with file.open("rb") as opened:
+            size = os.fstat(opened.fileno()).st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _unreadable(file, exc) from None
+    _check_size(file, size)
+
+
+def _load(file: Path) -> bytes | None:
+    """The image kept in `file`, or None when there is none yet."""
+    try:
+        data = file.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _unreadable(file, exc) from None
+    _check_size(file, len(data))
+    return data
+
+
+def _claim(file: Path) -> int:
+    """The flash file's lock, held for as long as the returned descriptor is open."""
+    lock = file.with_name(file.name + ".lock")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise FlashFileError(f"cannot lock the twin's flash file {file}: {exc.strerror}") from None
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise FlashFileError(
+                    f"the twin's flash file {file} is another running twin's (pid {holder}): "
+                    "one board's flash is one twin's; wait for that run to end, or give this "
+                    "rig its own [sim] flash"
+                ) from None
+            time.sleep(CLAIM_POLL_S)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _kept(method: Callable[Concatenate[Flash, P], R]) -> Callable[Concatenate[Flash, P], R]:
+    """A flash operation whose changes reach the flash file when it returns."""
+
+    @functools.wraps(method)
+    def run(self: Flash, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.keep()
+
+    return run
 
 
 @dataclass(frozen=True)
@@ -68,12 +172,46 @@ class Boot:
 
 
 class Flash:
-    def __init__(self, version: str) -> None:
-        self.chip = SpiFlash()
-        self.chip.write(SLOTS[0][0], build_image(version, project=DEFAULT_PROJECT))
+    def __init__(self, version: str, file: Path | None = None) -> None:
+        """A factory-fresh device (`version` in ota_0), or with `file` the flash kept there
+        (factory-fresh, and kept, when the file is missing)."""
+        self.file = file
+        self._claim = _claim(file) if file is not None else None
+        try:
+            contents = _load(file) if file is not None else None
+        except FlashFileError:
+            self.close()
+            raise
+        self.chip = SpiFlash(contents=contents)
+        self._kept_changes = self.chip.changes
+        if contents is None:
+            self.chip.write(SLOTS[0][0], build_image(version, project=DEFAULT_PROJECT))
+            self.keep()
         self.running = App(version, DEFAULT_PROJECT)
         self.slot = 0
         self._clock_ms = 0
+
+    def close(self) -> None:
+        """Give the flash file up for another twin; safe to call more than once."""
+        claim, self._claim = self._claim, None
+        if claim is not None:
+            with contextlib.suppress(OSError):
+                os.close(claim)
+
+    def keep(self) -> None:
+        """Write the flash to its file if it changed since it was last kept."""
+        if self.file is None or self.chip.changes == self._kept_changes:
+            return
+        temporary = self.file.with_name(self.file.name + ".tmp")
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            temporary.write_bytes(self.chip.read(0, self.chip.size))
+            os.replace(temporary, self.file)
+        except OSError as exc:
+            raise FlashFileError(
+                f"cannot write the twin's flash file {self.file}: {exc.strerror}"
+            ) from None
+        self._kept_changes = self.chip.changes
 
     # -- otadata ------------------------------------------------------------------------------
 
@@ -113,6 +251,7 @@ class Flash:
         self._clock_ms += 6
         return f"E ({self._clock_ms}) {tag}: {message}"
 
+    @_kept
     def boot(self) -> Boot:
         """bootloader_utility_load_boot_image: the selected slot, else the others in turn."""
         self._clock_ms = 300
@@ -133,6 +272,7 @@ class Flash:
 
     # -- the app's OTA API --------------------------------------------------------------------
 
+    @_kept
     def stage(self, image: bytes) -> None:
         """esp_ota_write to the other slot, then esp_ota_set_boot_partition: the next boot tries
         it (state NEW, a sequence number that maps to that slot)."""
@@ -159,12 +299,14 @@ class Flash:
         pending = index is not None and self._entry(index).state == PENDING_VERIFY
         return pending and self.running.project.endswith(SELFTEST_FAIL_SUFFIX)
 
+    @_kept
     def confirm(self) -> None:
         """esp_ota_mark_app_valid_cancel_rollback."""
         index = self._running_entry()
         if index is not None and self._entry(index).state == PENDING_VERIFY:
             self._write_entry(index, self._entry(index).seq, VALID)
 
+    @_kept
     def rollback(self) -> None:
         """esp_ota_mark_app_invalid_rollback_and_reboot, before its reboot."""
         index = self._running_entry()

@@ -1,10 +1,18 @@
-"""What a rig's `[sim]` table says about the virtual rig it wants started."""
+"""What a rig's `[sim]` table says about the virtual rig it wants started.
+
+`flash` is relative to the rig file: where the twin keeps its flash between runs, as a board
+keeps what was last written to it; without it every start is a factory-fresh device.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from hil import schema
+from hil.sim.flash import FlashFileError, check_file
 
 FAULTS = (
     "echo_no_prefix",
@@ -36,6 +44,7 @@ class SimOptions:
     board_channel: int = 2  # LCUS channel on the whole device's supply (a cold boot)
     strap_channel: int = 3  # LCUS channel holding GPIO0 low while energized (download mode)
     console: str = "native-usb"  # or "uart-bridge": a CP210x/CH340 board whose port stays
+    flash: Path | None = None  # the file the whole flash is kept in; None: fresh at each start
 
     def __post_init__(self) -> None:
         with schema.Checks() as check:
@@ -59,3 +68,18 @@ class SimOptions:
                     )
         if self.time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")
+
+
+def load_sim_table(table: dict[str, Any], rig_dir: Path) -> SimOptions:
+    """`[sim]` validated, its `flash` made absolute against the rig file's folder and checked:
+    a file there must be a whole flash image (a missing one is a factory-fresh device)."""
+    options = schema.load(SimOptions, table, "sim")
+    if options.flash is None:
+        return options
+    flash = options.flash.expanduser()
+    flash = flash if flash.is_absolute() else rig_dir / flash
+    try:
+        check_file(flash)
+    except FlashFileError as exc:
+        raise schema.ConfigError("sim.flash", str(exc)) from None
+    return dataclasses.replace(options, flash=flash)

@@ -92,6 +92,8 @@ class TwinProcess:
         ]
         for fault in options.faults:
             argv += ["--fault", fault]
+        if options.flash is not None:
+            argv += ["--flash", str(options.flash)]
         if username is not None:
             argv += ["--username", username]
         if password_env is not None:

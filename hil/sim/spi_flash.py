@@ -42,9 +42,13 @@ class FlashRangeError(ValueError):
 
 
 class SpiFlash:
-    def __init__(self, size: int = SIZE) -> None:
+    def __init__(self, size: int = SIZE, contents: bytes | None = None) -> None:
+        """An erased chip, or one holding `contents` (exactly `size` bytes)."""
+        if contents is not None and len(contents) != size:
+            raise ValueError(f"contents of {len(contents)} bytes for a {size}-byte chip")
         self.size = size
-        self._data = bytearray([ERASED]) * size
+        self._data = bytearray(contents) if contents is not None else bytearray([ERASED]) * size
+        self.changes = 0  # erases and programs so far: a copy kept elsewhere knows it is stale
         self._status = [0, 0, 0]  # status registers 1 to 3: nothing protected, not busy
         self._write_enabled = False
         self._volatile_enabled = False
@@ -71,12 +75,14 @@ class SpiFlash:
         end = -(-(offset + length) // SECTOR) * SECTOR
         self._check(start, end - start)
         self._data[start:end] = bytes([ERASED]) * (end - start)
+        self.changes += 1
 
     def program(self, offset: int, data: bytes) -> bool:
         """NOR programming only clears bits; True if the flash now holds `data` there."""
         self._check(offset, len(data))
         for i, byte in enumerate(data):
             self._data[offset + i] &= byte
+        self.changes += 1
         return self._data[offset : offset + len(data)] == data
 
     def write(self, offset: int, data: bytes) -> None:

@@ -3,7 +3,8 @@
 At each reset the chip samples its GPIO0 strap (LCUS channel `strap_channel`, energized = held
 low): high, it boots the app the bootloader picks from flash; low, it stays in the ROM's serial
 download mode, where the console port speaks the ROM loader protocol and the modem is left
-idle, until the host's FLASH_END or the board losing power.
+idle, until the host's FLASH_END or the board losing power. With `[sim] flash` the flash is
+kept in a file and outlives the twin (`hil.sim.flash`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class Twin:
         self._esp_uart, modem_uart = uart_pair(UART_BAUD)
         link = Link(options.rtt_ms, options.loss, options.seed)
         self.modem = Sim7600(modem_uart, link, options.time_scale)
-        self.flash = Flash(options.firmware_version)
+        self.flash = Flash(options.firmware_version, options.flash)
         self.console = ConsolePort(directory / "console", options.console == "native-usb")
         self.relay = RelayPort(
             directory / "relay",
@@ -176,6 +177,7 @@ class Twin:
             await done.wait()
         finally:
             self.console.on_input = None
+            self.flash.keep()  # what the host wrote, also when the board loses power meanwhile
         log.info("ROM loader: FLASH_END, %s", loader.exit)
         await asyncio.sleep(ConsolePort.DRAIN_S)  # the reply leaves before the chip moves on
         return Reset.NONE if loader.exit is Exit.RUN_APP else Reset.SW_SYS
@@ -190,3 +192,4 @@ class Twin:
             await self.modem.close()
         self.console.close()
         self.relay.close()
+        self.flash.close()

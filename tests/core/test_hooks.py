@@ -45,5 +45,6 @@ def test_a_lab_conftest_hears_bring_up_and_restarts(pytester: pytest.Pytester) -
     )
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    assert "LAB-ONLINE virtual 1.0.0 board power cycle" in out
+    # The version is whatever the rig's flash holds from the runs before.
+    result.stdout.re_match_lines([r".*LAB-ONLINE virtual \S+ board power cycle$"])
     assert "LAB-RESTARTED test_leaves_the_modem_off: the test left the modem's power off" in out
