@@ -15,6 +15,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "test_suites"
 
+pytestmark = pytest.mark.repo_rig  # starts twins from the repository's rigs/sim.toml
+
 # fault -> the suite tests that must fail when the twin's firmware has it
 CATCHES = {
     "echo_no_prefix": [

@@ -15,7 +15,7 @@ from hil.mqtt import BrokerLost, MqttRecorder
 
 from .conftest import needs_mosquitto
 
-pytestmark = needs_mosquitto
+pytestmark = [needs_mosquitto, pytest.mark.repo_rig]
 pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[2]
 

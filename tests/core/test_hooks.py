@@ -8,7 +8,7 @@ import pytest
 
 from tests.core.conftest import needs_mosquitto
 
-pytestmark = needs_mosquitto
+pytestmark = [needs_mosquitto, pytest.mark.repo_rig]
 pytest_plugins = ["pytester"]
 SIM_RIG = Path(__file__).resolve().parents[2] / "rigs" / "sim.toml"
 

@@ -16,6 +16,8 @@ from tests.core.conftest import needs_mosquitto
 pytest_plugins = ["pytester"]
 SIM_RIG = Path(__file__).parents[2] / "rigs" / "sim.toml"
 
+pytestmark = pytest.mark.repo_rig  # starts twins from the repository's rigs/sim.toml
+
 
 @pytest.fixture(autouse=True)
 def private_locks(tmp_path: Path, monkeypatch) -> None:

@@ -15,7 +15,7 @@ import pytest
 from tests.core.conftest import needs_mosquitto
 from tests.waiting import until
 
-pytestmark = needs_mosquitto
+pytestmark = [needs_mosquitto, pytest.mark.repo_rig]
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_RIG = ROOT / "rigs" / "sim.toml"

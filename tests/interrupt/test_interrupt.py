@@ -24,7 +24,7 @@ from hil.lock import RigBusy, RigLock
 from tests.core.conftest import needs_mosquitto
 from tests.waiting import until
 
-pytestmark = needs_mosquitto
+pytestmark = [needs_mosquitto, pytest.mark.repo_rig]
 
 SIM_RIG = Path(__file__).parents[2] / "rigs" / "sim.toml"
 MID_TEST_S = 30.0  # bring-up, boot and the cut, on a slow CI runner

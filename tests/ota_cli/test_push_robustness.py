@@ -30,6 +30,8 @@ from tests.waiting import until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIM_RIG = ROOT / "rigs" / "sim.toml"
+
+pytestmark = pytest.mark.repo_rig  # starts twins from the repository's rigs/sim.toml
 TWIN_VERSION = "1.0.0"  # rigs/sim.toml [sim] firmware_version
 STARTED_S = 60.0  # bring-up, boot and the first acknowledged chunk, on a slow runner
 EXIT_S = 30.0

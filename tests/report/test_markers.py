@@ -13,6 +13,8 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from tests.core.conftest import needs_mosquitto
 
 pytest_plugins = ["pytester"]
@@ -20,6 +22,8 @@ pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[2]
 SUITES = ROOT / "test_suites"
 SIM_RIG = ROOT / "rigs" / "sim.toml"
+
+pytestmark = pytest.mark.repo_rig  # starts twins from the repository's rigs/sim.toml
 HIL = "import sys; from hil.cli import main; sys.exit(main())"  # the `hil` console script
 
 
