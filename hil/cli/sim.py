@@ -19,8 +19,9 @@ from pathlib import Path
 
 from hil import schema
 from hil.profile import DeviceProfile, load_profile, profile_from_data
+from hil.sim.firmware_rawtcp import refusal
 from hil.sim.local_broker import LocalBroker
-from hil.sim.options import CONSOLES, FAULTS, SimOptions
+from hil.sim.options import CONSOLES, FAULTS, TRANSPORTS, SimOptions
 from hil.sim.twin import Twin
 
 log = logging.getLogger("hil.sim")
@@ -104,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.console,
         help="native-usb: the port vanishes on reset and loses what is printed while "
         "no host has it open; uart-bridge: the port stays across resets",
+    )
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=defaults.transport,
+        help="cmqtt: the modem's MQTT service (AT+CMQTT...); raw-tcp: SIM7000-style TCP "
+        "commands carrying MQTT frames the firmware builds itself",
     )
     p.add_argument("--username", help="broker user name the firmware sends in AT+CMQTTCONNECT")
     p.add_argument(
@@ -207,10 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             strap_channel=args.strap_channel,
             console=args.console,
             flash=args.flash,
+            transport=args.transport,
         )
         if args.broker:
             _broker(args.broker)
         profile = _profile(args.profile)
+        if options.transport == "raw-tcp" and (why := refusal(profile)):
+            raise ValueError(why)
         asyncio.run(_serve(args, options, profile))
     except (ValueError, schema.ConfigError) as exc:
         print(f"hil sim: {exc}", file=sys.stderr)

@@ -219,6 +219,10 @@ class Sim7600:
 
     # -- interpreter --------------------------------------------------------------------------
 
+    def _handler(self, name: str) -> Callable[[Sim7600, Command], None] | None:
+        """The command's handler; `ATE0` and `ATE1` share ATE's."""
+        return _HANDLERS.get(name) or _HANDLERS.get(name.rstrip("0123456789"))
+
     def _execute(self, line: str) -> None:
         try:
             cmd = parse(line)
@@ -226,7 +230,7 @@ class Sim7600:
             log.debug("modem: %s", exc)
             self._error("invalid command")
             return
-        handler = _HANDLERS.get(cmd.name) or _HANDLERS.get(cmd.name.rstrip("0123456789"))
+        handler = self._handler(cmd.name)
         if handler is None:
             self._error("unknown command")
             return

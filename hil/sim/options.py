@@ -27,6 +27,9 @@ FAULTS = (
 )
 
 CONSOLES = ("native-usb", "uart-bridge")
+# How the modem carries MQTT: its own MQTT service (AT+CMQTT…), or SIM7000-style TCP commands
+# carrying frames the firmware builds itself (hil.sim.tcpip, hil.sim.firmware_rawtcp).
+TRANSPORTS = ("cmqtt", "raw-tcp")
 CHANNELS = ("relay_channel", "board_channel", "strap_channel")
 
 
@@ -44,6 +47,7 @@ class SimOptions:
     board_channel: int = 2  # LCUS channel on the whole device's supply (a cold boot)
     strap_channel: int = 3  # LCUS channel holding GPIO0 low while energized (download mode)
     console: str = "native-usb"  # or "uart-bridge": a CP210x/CH340 board whose port stays
+    transport: str = "cmqtt"  # or "raw-tcp"
     flash: Path | None = None  # the file the whole flash is kept in; None: fresh at each start
 
     def __post_init__(self) -> None:
@@ -59,6 +63,10 @@ class SimOptions:
             raise ValueError(f"loss must be from 0 up to 1, got {self.loss}")
         if self.console not in CONSOLES:
             raise ValueError(f"console must be one of {', '.join(CONSOLES)}, got {self.console!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(
+                f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}"
+            )
         for i, first in enumerate(CHANNELS):
             for second in CHANNELS[i + 1 :]:
                 if getattr(self, first) == getattr(self, second):

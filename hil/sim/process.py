@@ -21,6 +21,7 @@ from types import TracebackType
 from hil import schema
 from hil.lifetime import die_with_parent
 from hil.profile import DeviceProfile
+from hil.sim.firmware_rawtcp import refusal
 from hil.sim.options import SimOptions
 
 STOP_TIMEOUT_S = 10.0
@@ -58,6 +59,8 @@ class TwinProcess:
     ) -> TwinPorts:
         if self._process is not None:
             raise RuntimeError("twin already started; stop() it first")
+        if options.transport == "raw-tcp" and (why := refusal(profile)):
+            raise ValueError(f"[sim] {why}")
         dir.mkdir(parents=True, exist_ok=True)
         profile_path = dir / "profile.json"
         profile_path.write_text(json.dumps(schema.dump(profile), indent=2))
@@ -89,6 +92,8 @@ class TwinProcess:
             str(options.strap_channel),
             "--console",
             options.console,
+            "--transport",
+            options.transport,
         ]
         for fault in options.faults:
             argv += ["--fault", fault]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hil.profile import DeviceProfile
 from hil.sim.firmware import Firmware
+from hil.sim.firmware_rawtcp import RawTcpFirmware
 from hil.sim.flash import Flash
 from hil.sim.link import Link
 from hil.sim.modem import Sim7600
@@ -24,6 +25,7 @@ from hil.sim.ports import ConsolePort, RelayPort
 from hil.sim.reset import Reset, banner
 from hil.sim.rom_loader import Exit, RomLoader
 from hil.sim.s3_memory import S3Memory
+from hil.sim.tcpip import TcpModem
 from hil.sim.uart import uart_pair
 
 log = logging.getLogger("hil.sim")
@@ -52,7 +54,8 @@ class Twin:
         self._password = password
         self._esp_uart, modem_uart = uart_pair(UART_BAUD)
         link = Link(options.rtt_ms, options.loss, options.seed)
-        self.modem = Sim7600(modem_uart, link, options.time_scale)
+        modem = TcpModem if options.transport == "raw-tcp" else Sim7600
+        self.modem = modem(modem_uart, link, options.time_scale)
         self.flash = Flash(options.firmware_version, options.flash)
         self.console = ConsolePort(directory / "console", options.console == "native-usb")
         self.relay = RelayPort(
@@ -143,7 +146,8 @@ class Twin:
             reset = Reset.POWERON
 
     def _firmware(self, reset: Reset) -> Firmware:
-        return Firmware(
+        firmware = RawTcpFirmware if self._options.transport == "raw-tcp" else Firmware
+        return firmware(
             profile=self._profile,
             options=self._options,
             uart=self._esp_uart,
