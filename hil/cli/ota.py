@@ -1,9 +1,11 @@
-"""`hil ota push FIRMWARE --rig R`: deliver a firmware image to a rig's device over MQTT.
+"""`hil ota push FIRMWARE --rig R`: deliver a firmware image to a rig's device over MQTT;
+`hil ota serve IMAGE`: serve one over HTTP(S) for a device that downloads it itself.
 
-It takes the suites' path (RigSession, MqttRecorder, Dut.ota), so a build pushed by hand goes
+`push` takes the suites' path (RigSession, MqttRecorder, Dut.ota), so a build pushed by hand goes
 through the same sender the tests prove. The file is verified before anything is brought up,
 the device's version is checked so a push is never a silent no-op, and the rig is always given
-back, also on Ctrl-C.
+back, also on Ctrl-C. `serve` runs the suites' image server (range requests, /version) until
+Ctrl-C or SIGTERM, one line per request.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import math
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from hil.lifetime import interrupted, signals_as_interrupt
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.ota import DEFAULT_WINDOW, OtaError, OtaResult
+from hil.ota.http_server import ImageServer, ServedRequest, ServeError, tls_context
 from hil.profile import DeviceProfile
 from hil.protocol.image import ImageError, ImageInfo, parse_image
 from hil.protocol.ota import SUCCESS
@@ -318,7 +322,64 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="where the broker and twin keep their files (default: a temporary directory)",
     )
+    srv = verbs.add_parser("serve", help="serve an image over HTTP(S): /firmware.bin and /version")
+    srv.add_argument("image", type=Path, metavar="IMAGE", help="ESP32 app image (.bin)")
+    srv.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to listen on, one the device reaches (default: every IPv4 address)",
+    )
+    srv.add_argument(
+        "--port", type=_port, default=8080, help="TCP port (default 8080; 0 picks a free one)"
+    )
+    srv.add_argument(
+        "--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
+    )
+    srv.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     return parser
+
+
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0 to 65535)")
+    return int(text)
+
+
+def serve(args: argparse.Namespace) -> str:
+    """Serve the image until Ctrl-C or SIGTERM; returns the closing summary line."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise Refusal("--tls-cert and --tls-key go together: give both for HTTPS, or neither")
+    try:
+        data = args.image.read_bytes()
+    except OSError as exc:
+        raise Refusal(f"cannot read {args.image}: {exc.strerror or exc}") from None
+    served: list[ServedRequest] = []
+
+    def log(request: ServedRequest) -> None:
+        served.append(request)
+        print(request.text(), flush=True)
+
+    try:
+        tls = tls_context(str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None
+        server = ImageServer(
+            data, host=args.host, port=args.port, tls=tls, on_request=log, name=str(args.image)
+        )
+        server.start()
+    except ServeError as exc:
+        raise Refusal(str(exc)) from None
+    try:
+        print(
+            f"serving {args.image.name} ({server.version}, {server.size} bytes) at "
+            f"{server.image_url}, its version at {server.url}{server.version_path}; "
+            "Ctrl-C stops",
+            flush=True,
+        )
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return f"stopped after {len(served)} request{'' if len(served) == 1 else 's'}"
 
 
 def main(argv: list[str]) -> int:
@@ -328,6 +389,8 @@ def main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # usage error or --help: argparse has printed it
         return int(exc.code or 0)
+    if args.verb == "serve":
+        return _serve_main(args)
     with signals_as_interrupt() as received:
         try:
             print(push(args))
@@ -336,4 +399,18 @@ def main(argv: list[str]) -> int:
             return 1
         except KeyboardInterrupt:
             return interrupted(received, "hil ota push", "the rig was given back")
+    return 0
+
+
+def _serve_main(args: argparse.Namespace) -> int:
+    """`hil ota serve`: 0 when Ctrl-C or SIGTERM stops it (the way it ends), 1 with one line
+    on stderr when it cannot serve."""
+    with signals_as_interrupt() as received:
+        try:
+            summary_line = serve(args)
+        except Refusal as exc:
+            print(f"hil ota serve: {exc}", file=sys.stderr)
+            return 1
+    signal_name = received[0].name if received else "SIGINT"
+    print(f"hil ota serve: {summary_line} ({signal_name})", file=sys.stderr)
     return 0
