@@ -31,6 +31,7 @@ from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder, MqttTimeout
 from hil.ota import DEFAULT_WINDOW, OtaError, OtaResult
 from hil.ota.http_server import ImageServer, ServedRequest, ServeError, tls_context
+from hil.ota.window import AUTO, Window
 from hil.profile import DeviceProfile
 from hil.protocol.image import ImageError, ImageInfo, parse_image
 from hil.protocol.ota import SUCCESS
@@ -180,7 +181,7 @@ def after_success(dut: Dut, since: int) -> int:
     return dut.mqtt.mark()  # not recorded (cannot happen after a push): only what comes next
 
 
-async def deliver(dut: Dut, image: bytes, *, window: int, on_progress=None) -> Delivery:
+async def deliver(dut: Dut, image: bytes, *, window: Window, on_progress=None) -> Delivery:
     """Push `image` and wait, within `limits.reboot_s`, for the device to come back online."""
     mark = dut.mqtt.mark()
     with dut.console.reboot_expected():
@@ -195,12 +196,13 @@ async def deliver(dut: Dut, image: bytes, *, window: int, on_progress=None) -> D
     return Delivery(result, version)
 
 
-def summary(firmware: Firmware, delivery: Delivery, window: int) -> str:
+def summary(firmware: Firmware, delivery: Delivery, window: Window) -> str:
     r = delivery.result
+    sized = f"{AUTO} (up to {r.peak_window})" if window == AUTO else window
     return (
         f"pushed {firmware.name} ({firmware.version}, {r.size} bytes, {r.chunks} chunks) in "
         f"{r.seconds:.1f} s, {r.throughput / KB:.2f} kB/s, {r.retransmissions} "
-        f"retransmissions, window {window}; device now reports {delivery.version}"
+        f"retransmissions, window {sized}; device now reports {delivery.version}"
     )
 
 
@@ -291,6 +293,17 @@ def _positive(kind: type) -> object:
     return parse
 
 
+def _window(text: str) -> Window:
+    """`--window`: sized from the link, or a whole number of chunks."""
+    if text == AUTO:
+        return AUTO
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be {AUTO!r} or a whole number of chunks greater than 0, not {text!r}"
+        )
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hil ota", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -299,9 +312,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rig", type=Path, required=True, help="rig file, e.g. rigs/sim.toml")
     p.add_argument(
         "--window",
-        type=_positive(int),
+        type=_window,
         default=DEFAULT_WINDOW,
-        help=f"chunks in flight (default {DEFAULT_WINDOW}; 1 is stop-and-wait)",
+        metavar=f"{AUTO}|N",
+        help=f"chunks in flight: {AUTO} sizes it from the measured round trip and answer "
+        f"rate, N keeps N (1 is stop-and-wait; default {DEFAULT_WINDOW})",
     )
     p.add_argument(
         "--force",

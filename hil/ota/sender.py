@@ -3,9 +3,10 @@
 The device writes chunks strictly in order, so `OTA:PROGRESS:n/total` acknowledges every chunk
 up to n (cumulative), and `OTA:REQUEST:n` says all below n are written and n is missing. The
 sender therefore runs go-back-N: on a request or a silent `reply_timeout` it resends from the
-oldest missing chunk. Window 1 is the seed server's stop-and-wait. The sender knows nothing of
-MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed answers, and
-runs the coroutine that fills that queue as a task it watches and always collects.
+oldest missing chunk. How many chunks are in flight is `hil.ota.window`'s: sized from the
+link by default, or a fixed number (1 is the seed server's stop-and-wait). The sender knows
+nothing of MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed
+answers, and runs the coroutine that fills that queue as a task it watches and always collects.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hil.ota.faults import FaultPlan
+from hil.ota.window import AUTO, MAX_WINDOW, Window, make_window
 from hil.profile import DeviceProfile
 from hil.protocol.ota import (
     CHUNK_DATA_SIZE,
@@ -38,7 +40,7 @@ from hil.protocol.ota import (
 
 log = logging.getLogger("hil.ota")
 
-DEFAULT_WINDOW = 8  # chunks in flight: ~550 ms of UART time, more than a typical LTE round trip
+DEFAULT_WINDOW: Window = AUTO
 
 Publish = Callable[[str], Awaitable[None]]
 ProgressCallback = Callable[[int, int, int], None]  # bytes acknowledged, total, retransmissions
@@ -91,8 +93,10 @@ class OtaResult:
     seconds: float
     retransmissions: int
     requests_seen: int
-    window: int  # the adaptive window when the transfer ended
+    window: int  # chunks allowed in flight when the transfer ended
     answer: OtaReply
+    peak_window: int = 0  # the most chunks in flight at once
+    rtt: float | None = None  # the shortest chunk round trip measured, seconds
 
     @property
     def throughput(self) -> float:
@@ -117,26 +121,27 @@ class OtaSender:
         replies: asyncio.Queue[OtaReply],
         *,
         data_size: int = CHUNK_DATA_SIZE,
-        window: int = DEFAULT_WINDOW,
+        window: Window = DEFAULT_WINDOW,
+        max_window: int = MAX_WINDOW,
         reply_timeout: float = 20.0,
         max_retries: int = 10,
         faults: FaultPlan | None = None,
-        adaptive: bool = True,
         on_progress: ProgressCallback | None = None,
     ) -> None:
-        if data_size < 1 or window < 1 or max_retries < 0 or reply_timeout <= 0:
+        if data_size < 1 or max_window < 1 or max_retries < 0 or reply_timeout <= 0:
             raise ValueError(
-                f"need data_size >= 1, window >= 1, max_retries >= 0, reply_timeout > 0; got "
-                f"{data_size}, {window}, {max_retries}, {reply_timeout}"
+                f"need data_size >= 1, max_window >= 1, max_retries >= 0, reply_timeout > 0; "
+                f"got {data_size}, {max_window}, {max_retries}, {reply_timeout}"
             )
+        make_window(window, max_window)  # refuses a bad setting here, not at the first push
         self.publish = publish
         self.replies = replies
         self.data_size = data_size
         self.window = window
+        self.max_window = max_window
         self.reply_timeout = reply_timeout
         self.max_retries = max_retries
         self.faults = faults or FaultPlan()
-        self.adaptive = adaptive
         self.on_progress = on_progress
 
     @classmethod
@@ -245,8 +250,8 @@ class _Transfer:
         self.base = 0  # oldest chunk not acknowledged
         self.next = 0  # next chunk to put on the wire
         self.fresh = 0  # first chunk never sent
-        self.cwnd = sender.window
-        self.acked_run = 0  # chunks acknowledged since the window last changed
+        self.window = make_window(sender.window, sender.max_window)
+        self.peak = 0  # the most chunks in flight at once
         self.sent_at: dict[int, float] = {}
         self.resent: set[int] = set()
         self.went_back_at: dict[int, float] = {}
@@ -268,6 +273,7 @@ class _Transfer:
             reply = await self._reply(self.timer_at + self.s.reply_timeout)
             if reply is None:
                 self._go_back(self.base)
+                self.window.timed_out()
             else:
                 self._handle(reply)
         await self.s.publish(END)
@@ -278,8 +284,10 @@ class _Transfer:
             seconds=self.loop.time() - started,
             retransmissions=self.retransmissions,
             requests_seen=self.requests_seen,
-            window=self.cwnd,
+            window=self.window.size,
             answer=answer,
+            peak_window=self.peak,
+            rtt=self.window.rtt,
         )
 
     async def _reply(self, deadline: float) -> OtaReply | None:
@@ -326,7 +334,7 @@ class _Transfer:
     async def _fill(self) -> None:
         """Send until the window is full. A reordered pair may put one chunk beyond it."""
         plan = self.s.faults
-        while self.next < min(self.limit, self.base + self.cwnd):
+        while self.next < min(self.limit, self.base + self.window.size):
             if self.next < self.fresh:
                 await self._send(self.next)
                 self.resent.add(self.next)
@@ -340,6 +348,7 @@ class _Transfer:
             for number in wire:
                 await self._send(number)
             self.next = self.fresh = self.next + consumed
+        self.peak = max(self.peak, self.next - self.base)
 
     async def _send(self, number: int) -> None:
         data = self.s.faults.data(number, self.chunks[number])
@@ -359,6 +368,7 @@ class _Transfer:
                 self._acknowledge(number - 1)
                 if not self._stale(number):
                     self._go_back(number)
+                    self.window.went_back()
             case Error(reason=reason):
                 raise OtaRefused(reason, f"chunk {self.base} of {self.total}")
             case Success():
@@ -371,17 +381,14 @@ class _Transfer:
         if number >= self.fresh:
             raise OtaError(f"device acknowledged chunk {number}, which was never sent")
         now = self.loop.time()
+        rtt = None
         if number not in self.resent:  # Karn: a resent chunk's answer is ambiguous
-            self.srtt += (now - self.sent_at[number] - self.srtt) / 8
-        advanced = number + 1 - self.base
+            rtt = now - self.sent_at[number]
+            self.srtt += (rtt - self.srtt) / 8
+        self.window.acknowledged(now, number + 1 - self.base, rtt)
         self.base = number + 1
         self.next = max(self.next, self.base)
         self.progress_at = self.timer_at = now
-        if self.s.adaptive:
-            self.acked_run += advanced
-            if self.acked_run >= self.cwnd:
-                self.acked_run = 0
-                self.cwnd = min(self.s.window, self.cwnd + 1)
         if self.s.on_progress:
             acked = min(self.base * self.s.data_size, len(self.image))
             self.s.on_progress(acked, len(self.image), self.retransmissions)
@@ -412,6 +419,3 @@ class _Transfer:
         self.retries[number] += 1
         self.went_back_at[number] = self.timer_at = now
         self.next = number
-        if self.s.adaptive:
-            self.cwnd = max(1, self.cwnd // 2)
-            self.acked_run = 0

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 from collections import Counter
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from hil.ota import FaultPlan, OtaRefused, OtaSender, OtaTimeout
+from hil.ota.window import GAIN, INITIAL_WINDOW, MAX_WINDOW, AutoWindow, make_window
 from hil.profile import load_profile
 from hil.protocol import ota
 from hil.protocol.image import build_image
@@ -91,25 +95,12 @@ async def test_one_gap_resends_the_window_once(bench: Any) -> None:
     assert max(Counter(b.device.received).values()) == 2
 
 
-async def test_adaptive_window_halves_after_a_request(bench: Any) -> None:
-    plan = FaultPlan.dropping({CHUNKS - 3})  # two chunks in flight above it draw the REQUEST
+async def test_a_fixed_window_stays_fixed_through_a_request(bench: Any) -> None:
     b = bench()
-    result = await within(b.sender(window=8, faults=plan, **FAST).push(IMAGE))
+    result = await within(b.sender(window=8, faults=FaultPlan.dropping({2}), **FAST).push(IMAGE))
     assert result.requests_seen >= 1
-    assert result.window == 4
-    request = b.events.index(ota.request(CHUNKS - 3))
-    assert all(count <= 4 for at, count in b.in_flight if at > request)
-
-    fixed = bench()
-    result = await within(fixed.sender(window=8, faults=plan, adaptive=False, **FAST).push(IMAGE))
-    assert result.window == 8
-
-
-async def test_window_grows_back_to_configured(bench: Any) -> None:
-    result = await within(
-        bench().sender(window=8, faults=FaultPlan.dropping({2}), **FAST).push(IMAGE)
-    )
-    assert result.window == 8
+    assert (result.window, result.peak_window) == (8, 8)
+    assert max(count for _, count in b.in_flight) == 8
 
 
 async def test_device_that_never_answers_chunks(bench: Any) -> None:
@@ -186,9 +177,166 @@ def test_sender_from_profile() -> None:
 
 
 def test_sender_refuses_nonsense_settings() -> None:
-    with pytest.raises(ValueError, match="window >= 1"):
+    with pytest.raises(ValueError, match="at least 1 chunk, not 0"):
         OtaSender(_never, asyncio.Queue(), window=0)
+    with pytest.raises(ValueError, match="'auto' or a number of chunks, not 'fast'"):
+        OtaSender(_never, asyncio.Queue(), window="fast")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_window >= 1"):
+        OtaSender(_never, asyncio.Queue(), max_window=0)
 
 
 async def _never(payload: str) -> None:
     raise AssertionError(f"published {payload!r}")
+
+
+# -- the window sized from the link ---------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One answer as the window saw it: chunks it acknowledged, the size before and after."""
+
+    at: float
+    chunks: int
+    before: int
+    after: int
+
+
+def drive(window: AutoWindow, rtt: float, rate: float, chunks: int = 3000) -> list[Step]:
+    """Push `chunks` through a simulated link on a fake clock, in go-back-N's order.
+
+    A chunk takes rtt/2 to the device, which writes one every 1/rate seconds, in order, and
+    answers each at once; the answer takes rtt/2 back. The sender keeps `window.size` chunks
+    in flight. Returns every answer's effect on the window.
+    """
+    sent_at: dict[int, float] = {}
+    answers: list[tuple[float, int]] = []  # (arrival at the sender, chunk number)
+    now = device_free = 0.0
+    base = fresh = 0
+    steps = []
+    while base < chunks:
+        while fresh < min(chunks, base + window.size):
+            sent_at[fresh] = now
+            device_free = max(now + rtt / 2, device_free) + 1 / rate
+            heapq.heappush(answers, (device_free + rtt / 2, fresh))
+            fresh += 1
+        now, number = heapq.heappop(answers)
+        before = window.size
+        window.acknowledged(now, number + 1 - base, now - sent_at[number])
+        steps.append(Step(now, number + 1 - base, before, window.size))
+        base = number + 1
+    return steps
+
+
+def link_window(rtt: float, rate: float) -> float:
+    """What the window should settle at: GAIN x the bandwidth-delay product, where the round
+    trip a chunk can take is the link's and its own time at the device."""
+    return GAIN * rate * (rtt + 1 / rate)
+
+
+@pytest.mark.parametrize(("rtt", "rate"), [(0.3, 14.0), (0.6, 14.0), (0.5, 40.0), (1.0, 8.0)])
+def test_auto_window_settles_at_the_links_bandwidth_delay_product(rtt, rate) -> None:
+    window = AutoWindow()
+    steps = drive(window, rtt, rate)
+    assert window.rtt == pytest.approx(rtt + 1 / rate)
+    assert window.rate == pytest.approx(rate, rel=0.02)
+    settled = [step.after for step in steps[len(steps) // 2 :]]
+    expected = link_window(rtt, rate)
+    assert min(settled) >= int(expected * 0.95) and max(settled) <= expected * 1.05 + 1, (
+        expected,
+        sorted(set(settled)),
+    )
+
+
+def test_auto_window_keeps_the_link_busy() -> None:
+    """Once settled, the device never waits: a chunk is written every 1/rate seconds."""
+    rtt, rate = 0.6, 14.0
+    steps = drive(AutoWindow(), rtt, rate, chunks=1000)
+    late = [b.at - a.at for a, b in itertools.pairwise(steps[500:])]
+    assert max(late) == pytest.approx(1 / rate)
+
+
+def test_auto_window_grows_and_shrinks_smoothly() -> None:
+    for rtt, rate in [(1.0, 40.0), (0.01, 20.0)]:  # far above, and below, the initial window
+        steps = drive(AutoWindow(), rtt, rate, chunks=1000)
+        for step in steps:
+            assert step.after - step.before <= step.chunks, step  # at most doubling per trip
+            assert step.before - step.after <= (step.chunks + 1) // 2, step
+    assert steps[0].before == INITIAL_WINDOW
+    assert steps[-1].after == int(link_window(0.01, 20.0)) == 2
+
+
+def test_auto_window_never_exceeds_its_cap() -> None:
+    for cap in (MAX_WINDOW, 16):
+        window = AutoWindow(cap)
+        steps = drive(window, rtt=2.0, rate=50.0, chunks=2000)  # asks for ~200 chunks
+        assert max(step.after for step in steps) == cap
+        assert window.target == cap
+
+
+def test_auto_window_starts_over_after_a_timeout() -> None:
+    window = AutoWindow()
+    drive(window, rtt=0.6, rate=14.0)
+    settled = window.size
+    window.timed_out()
+    assert (window.size, window.rate, window.target) == (1, None, None)
+    steps = drive(window, rtt=0.6, rate=14.0)
+    assert steps[0].before == 1
+    assert all(step.after - step.before <= step.chunks for step in steps)  # at most doubling
+    assert steps[-1].after == settled
+
+
+def test_auto_window_halves_for_the_resend_after_a_request() -> None:
+    window = AutoWindow()
+    drive(window, rtt=0.6, rate=14.0)
+    before = window.size
+    window.went_back()
+    assert window.size == before // 2
+    assert window.target == pytest.approx(link_window(0.6, 14.0), rel=0.05)
+
+
+def test_make_window_takes_auto_or_a_number() -> None:
+    assert isinstance(make_window("auto"), AutoWindow)
+    assert make_window(5).size == 5
+    for bad in (0, -1, True, 2.5, "8"):
+        with pytest.raises(ValueError):
+            make_window(bad)  # type: ignore[arg-type]
+
+
+async def test_sender_sizes_its_window_by_default_and_hides_latency(bench: Any) -> None:
+    times = {}
+    for window in (1, "auto"):
+        b = bench(latency=0.005)
+        sender = b.sender(**FAST) if window == "auto" else b.sender(window=1, **FAST)
+        result = await within(sender.push(IMAGE))
+        assert b.device.received == list(range(CHUNKS)), "sent a chunk twice or past the image"
+        assert bytes(b.device.written) == IMAGE
+        assert max(count for _, count in b.in_flight) == result.peak_window
+        assert result.rtt is not None and result.rtt >= 2 * 0.005
+        times[window] = result.seconds
+    assert times["auto"] * 3 < times[1], times
+
+
+async def test_sender_never_sends_past_a_small_image(bench: Any) -> None:
+    b = bench(latency=0.002)
+    result = await within(b.sender(**FAST).push(SMALL))
+    assert b.device.received == [0]
+    assert result.peak_window == 1
+
+
+async def test_sender_keeps_the_window_within_max_window(bench: Any) -> None:
+    b = bench(latency=0.005)
+    result = await within(b.sender(max_window=4, **FAST).push(IMAGE))
+    assert max(count for _, count in b.in_flight) == result.peak_window == 4
+
+
+async def test_sender_backs_off_to_one_chunk_after_a_timeout(bench: Any) -> None:
+    """A gap the device does not report is resent when the reply timeout passes, alone."""
+    plan = FaultPlan.named("drop_middle", CHUNKS)
+    b = bench(request_gaps=False)
+    result = await within(b.sender(faults=plan, **FAST).push(IMAGE))
+    assert bytes(b.device.written) == IMAGE
+    (lost,) = plan.drop
+    resent = next(i for i, event in enumerate(b.events) if event == f"send:{lost}")
+    assert b.events[resent + 1] == ota.progress(lost, CHUNKS)
+    assert result.retransmissions >= 1

@@ -26,7 +26,7 @@ def _image(tmp_path: Path, version: str) -> Path:
 def _summary(version: str) -> re.Pattern[str]:
     return re.compile(
         rf"pushed fw-{re.escape(version)}\.bin \({re.escape(version)}, {IMAGE_SIZE} bytes, "
-        rf"12 chunks\) in [\d.]+ s, [\d.]+ kB/s, \d+ retransmissions, window 8; "
+        rf"12 chunks\) in [\d.]+ s, [\d.]+ kB/s, \d+ retransmissions, window auto \(up to \d+\); "
         rf"device now reports {re.escape(version)}"
     )
 
