@@ -3,22 +3,35 @@
 The modem's socket is what the broker sees: the protocol level the firmware configured, the
 client id it acquired, its keepalive and clean-session flag. A modem that loses power takes no
 leave of the broker, so `abort` drops the TCP connection without an MQTT DISCONNECT.
+
+The keepalive is the module's own (SIM7500/SIM7600 MQTT AT Command Manual: `<keepalive_time>`
+of AT+CMQTTCONNECT, the connection's loss reported as `+CMQTTCONNLOST: <client>,<cause>`): a
+PINGREQ once a keepalive passed without a packet either way, and the link taken for dead when
+the broker has sent nothing for keepalive x 1.5 with that PINGREQ unanswered, the grace MQTT
+3.1.1 (section 3.1.2.10) gives the server. The module then closes its socket. A link that goes
+silent without closing is noticed by this alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiomqtt
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("hil.sim.mqtt_bridge")
 
 CONNECT_TIMEOUT_S = 10.0
 BROKER_GRACE = 1.5  # a broker drops a silent client after 1.5 x its keepalive (MQTT 3.1.1)
+KEEPALIVE_CHECKS = 20  # the module looks at its keepalive timers this often per keepalive
 _SILENT: set[int] = set()  # sockets of sessions whose modem lost power, held until the broker
 # gives up on them
 
@@ -82,6 +95,7 @@ class BrokerSession:
         self._on_lost = on_lost
         self._keepalive = params.keepalive
         self._reader: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
         self._closing = False
         self._closed = asyncio.Event()
 
@@ -94,8 +108,34 @@ class BrokerSession:
             return _REFUSED.get(code, SOCK_CONNECT_FAIL)
         except (aiomqtt.MqttError, OSError):
             return SOCK_CONNECT_FAIL
-        self._reader = asyncio.get_running_loop().create_task(self._read())
+        loop = asyncio.get_running_loop()
+        self._reader = loop.create_task(self._read())
+        if self._keepalive:
+            self._keepalive_task = loop.create_task(self._keep_alive())
         return 0
+
+    async def _keep_alive(self) -> None:
+        """Ping the broker and give the link up as the module does (see the module docstring).
+
+        paho's own check (a PINGREQ's answer awaited a whole keepalive, looked at once a
+        second) is switched off for this one: the module's timers decide, not paho's.
+        """
+        paho = self._client._client  # the timers live in paho; aiomqtt does not show them
+        paho._check_keepalive = lambda: None
+        keepalive = float(self._keepalive)
+        while True:
+            await asyncio.sleep(keepalive / KEEPALIVE_CHECKS)
+            now = time.monotonic()  # paho's clock (paho.mqtt.client.time_func)
+            last_in = paho._last_bytes_received
+            if paho._ping_t and now - last_in >= keepalive * BROKER_GRACE:
+                log.info("keepalive: no PINGRESP from the broker; the link is dead")
+                paho._sock_close()
+                paho._do_on_disconnect(
+                    packet_from_broker=False, v1_rc=mqtt.MQTTErrorCode.MQTT_ERR_KEEPALIVE
+                )
+                return
+            if not paho._ping_t and now - min(last_in, paho._last_msg_out) >= keepalive:
+                paho._send_pingreq()
 
     async def _read(self) -> None:
         try:
@@ -178,6 +218,10 @@ class BrokerSession:
             await asyncio.wait_for(self._client.__aexit__(None, None, None), 2.0)
 
     async def _stop_reader(self) -> None:
+        if self._keepalive_task is not None:
+            self._keepalive_task.cancel()
+            await asyncio.gather(self._keepalive_task, return_exceptions=True)
+            self._keepalive_task = None
         if self._reader is not None and self._reader is not asyncio.current_task():
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
