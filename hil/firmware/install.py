@@ -23,6 +23,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,7 @@ from hil.bringup import DeviceState, Online, RigDown
 from hil.firmware import FIRMWARE_KEY, FirmwareFacts
 from hil.firmware.options import FirmwareOptions
 from hil.firmware.ota import OtaInstallError, fits, push
+from hil.firmware.otadata import ENTRY, BootLayout, boot_layout
 from hil.firmware.source import FirmwareSource
 from hil.rig import Rig
 from hil.session import RigSession
@@ -157,21 +159,56 @@ async def _by_serial(state: DeviceState, plan: Plan) -> tuple[Online, bool, str]
 
 
 def _write_in_loader(session: RigSession, plan: Plan) -> bool:
-    """In the chip's serial loader: compare, write unless already there; False if not written."""
+    """In the chip's serial loader: compare, write unless already there; False if not written.
+
+    "There" includes otadata selecting the app's slot; a firmware without otadata of its own
+    gets the erased partition written with it, as `idf.py flash` writes ota_data_initial.bin.
+    """
     from hil.firmware import serial as flasher
 
-    regions = plan.source.regions
+    regions = list(plan.source.regions)
+    boot = boot_layout(plan.source)
+    compared = boot.outside(regions) if boot is not None else regions
+    erase = boot is not None and not boot.covered_by(regions)
+    if erase:
+        regions = sorted([*regions, boot.erased()], key=lambda r: r.offset)
     within = getattr(session.rig.console.options, "reappear_s", LOADER_WAIT_S)
     with contextlib.ExitStack() as stack:
         _enter_loader(session, stack)
         esp = stack.enter_context(flasher.connected(session.console, plan.options, within))
-        if not plan.reflash and flasher.already_written(esp, regions):
+        if not plan.reflash and flasher.already_written(esp, compared) and _boots(esp, boot):
             log.info("%s already in flash: not written", plan.title)
             return False
+        if erase:
+            log.info(
+                "%s brings no otadata: erasing otadata at 0x%X (0x%X bytes) with it, as idf.py "
+                "flash writes ota_data_initial.bin, so that the bootloader starts the app at 0x%X",
+                plan.source.describe(),
+                boot.offset,
+                boot.size,
+                plan.source.app_offset,
+            )
         log.info("writing %s", ", ".join(r.describe() for r in regions))
         flasher.write(esp, regions)
         log.info("wrote %s", plan.title)
         return True
+
+
+def _boots(esp: Any, boot: BootLayout | None) -> bool:
+    """Whether the device's otadata makes its bootloader start the app in flash."""
+    from hil.firmware import serial as flasher
+
+    if boot is None:
+        return True
+    entries = [flasher.read(esp, offset, ENTRY.size) for offset in boot.entry_offsets]
+    if boot.boots_app(entries):
+        return True
+    log.info(
+        "otadata at 0x%X is %s, which does not start the app in flash",
+        boot.offset,
+        boot.describe(entries),
+    )
+    return False
 
 
 def _enter_loader(session: RigSession, stack: contextlib.ExitStack) -> None:

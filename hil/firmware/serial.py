@@ -3,7 +3,8 @@
 esptool is the field's flasher (what `idf.py flash` runs), used here through `esptool.cmds`:
 `detect_chip` connects to the chip's serial loader (which the caller has started: a held boot
 strap, or the reset driver's loader sequence), `attach_flash`, `flash_md5sum` (the loader's
-SPI_FLASH_MD5) to tell whether the image is already there, and `write_flash`, which checks
+SPI_FLASH_MD5) to tell whether the image is already there, `read_flash` for otadata, and
+`write_flash`, which checks
 what it wrote by the same MD5. The port is the console's (`lend_port`): its reader pauses,
 nothing opens the port a second time, and the port's settings are put back afterwards. A
 native USB port comes back after the restart into the loader; until it answers, connecting is
@@ -172,6 +173,11 @@ def already_written(esp: Any, regions: Sequence[Region]) -> bool:
             log.info("%s: flash MD5 %s, the file's %s", region.describe(), found, region.md5)
             return False
     return True
+
+
+def read(esp: Any, offset: int, length: int) -> bytes:
+    """Bytes of the flash, by the loader's READ_FLASH (the ROM's READ_FLASH_SLOW without stub)."""
+    return esp.read_flash(offset, length)
 
 
 def write(esp: Any, regions: Sequence[Region]) -> None:

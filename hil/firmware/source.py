@@ -99,6 +99,7 @@ class FirmwareSource:
     info: ImageInfo
     build_date: str
     build_time: str
+    partitions: tuple[Partition, ...] | None = None  # its partition table, when it has one
 
     @property
     def version(self) -> str:
@@ -161,6 +162,7 @@ def _source(
     app_offset: int,
     app: bytes,
     info: ImageInfo,
+    partitions: list[Partition] | None = None,
 ) -> FirmwareSource:
     fields = APP_DESC.unpack_from(app, APP_DESC_AT)
     return FirmwareSource(
@@ -173,6 +175,7 @@ def _source(
         info,
         build_date=_cstr(fields[6]),
         build_time=_cstr(fields[5]),
+        partitions=tuple(partitions) if partitions is not None else None,
     )
 
 
@@ -320,7 +323,7 @@ def _merged(
         raise SourceError(f"{where}: the merged image ends before it; merge the app in")
     info = _verified_image(app, where, chip, app=True)
     region = Region(0, data, path.name)
-    return _source(path, "merged image", chip, (region,), app_part.offset, app, info)
+    return _source(path, "merged image", chip, (region,), app_part.offset, app, info, entries)
 
 
 # -- build folders -------------------------------------------------------------------------
@@ -394,19 +397,23 @@ def _build_folder(folder: Path, chip: str) -> FirmwareSource:
         if boot is not None:
             _verified_image(boot.data, f"{folder / boot.name}", chip, app=False)
     table_entry = args.get("partition-table") or args.get("partition_table")
+    table = None
     if isinstance(table_entry, dict):
-        _check_table(folder, regions, table_entry, app_offset)
-    return _source(folder, "build folder", chip, tuple(regions), app_offset, app_region.data, info)
+        table = _checked_table(folder, regions, table_entry, app_offset)
+    return _source(
+        folder, "build folder", chip, tuple(regions), app_offset, app_region.data, info, table
+    )
 
 
-def _check_table(
+def _checked_table(
     folder: Path, regions: list[Region], entry: dict[str, Any], app_offset: int
-) -> None:
-    """The build's partition table must have an app partition where the app is written."""
+) -> list[Partition] | None:
+    """The build's partition table, which must have an app partition where the app is written;
+    None when the build writes none."""
     at = _offset(entry.get("offset"), f"{folder / FLASHER_ARGS} partition-table")
     region = next((r for r in regions if r.offset == at), None)
     if region is None:
-        return
+        return None
     where = str(folder / region.name)
     entries = _parse_partition_table(region.data.ljust(PT_MAX, b"\xff"), where)
     if entries is None:
@@ -417,3 +424,4 @@ def _check_table(
             f"{where} has no app partition at 0x{app_offset:X}, where {FLASHER_ARGS} puts the "
             f"app (its apps: {apps or 'none'}); rebuild"
         )
+    return entries

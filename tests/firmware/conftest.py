@@ -69,6 +69,18 @@ def default_table(app_offset: int = 0x10000, subtype: int = FACTORY) -> bytes:
     )
 
 
+def ota_table() -> bytes:
+    """A two-slot OTA table without a factory app, the virtual rig's device's layout:
+    ESP-IDF's nvs, otadata at 0xD000 (0x2000 bytes) and phy_init, ota_0 and ota_1."""
+    return partition_table(
+        ("nvs", DATA_TYPE, 0x02, 0x9000, 0x4000),
+        ("otadata", DATA_TYPE, 0x00, 0xD000, 0x2000),
+        ("phy_init", DATA_TYPE, 0x01, 0xF000, 0x1000),
+        ("ota_0", APP_TYPE, OTA_0, 0x10000, 0x1E0000),
+        ("ota_1", APP_TYPE, OTA_0 + 1, 0x1F0000, 0x1E0000),
+    )
+
+
 def make_build(
     folder: Path,
     version: str = "1.2.0",
@@ -78,9 +90,11 @@ def make_build(
     table: bytes | None = None,
     chip: str = "esp32s3",
     seed: int = 1,
+    otadata: int | None = None,
 ) -> Path:
     """An ESP-IDF build folder for project "demo": bootloader, partition table, app and
-    flasher_args.json."""
+    flasher_args.json; with `otadata` (its offset) also ota_data_initial.bin, as ESP-IDF
+    builds it for a table with an OTA data partition (two erased sectors)."""
     (folder / "bootloader").mkdir(parents=True, exist_ok=True)
     (folder / "partition_table").mkdir(exist_ok=True)
     (folder / "bootloader" / "bootloader.bin").write_bytes(
@@ -96,6 +110,9 @@ def make_build(
         "partition-table": ("0x8000", "partition_table/partition-table.bin"),
         "app": (app, "demo.bin"),
     }
+    if otadata is not None:
+        (folder / "ota_data_initial.bin").write_bytes(b"\xff" * 0x2000)
+        files["otadata"] = (f"0x{otadata:x}", "ota_data_initial.bin")
     args = {
         "write_flash_args": ["--flash_mode", "dio", "--flash_size", "2MB", "--flash_freq", "80m"],
         "flash_settings": {"flash_mode": "dio", "flash_size": "2MB", "flash_freq": "80m"},

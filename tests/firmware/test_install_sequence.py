@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,7 +20,7 @@ from hil.firmware.serial import FlashError
 from hil.firmware.source import read_source
 from hil.rig import load_rig
 
-from .conftest import make_build
+from .conftest import make_build, ota_table
 
 RIG = """
 [rig]
@@ -43,14 +45,19 @@ stub = false
 
 
 class FakeLoader:
-    """esptool's loader as far as the install uses it: a flash that holds `held`."""
+    """esptool's loader as far as the install uses it: a flash that holds `held` (MD5s by
+    offset) and `otadata` (bytes by offset)."""
 
-    def __init__(self, held: dict[int, str]) -> None:
+    def __init__(self, held: dict[int, str], otadata: dict[int, bytes] | None = None) -> None:
         self.held = held
+        self.otadata = otadata or {}
         self.written: list[int] = []
 
     def flash_md5sum(self, offset: int, size: int) -> str:
         return self.held.get(offset, "ff" * 16)
+
+    def read_flash(self, offset: int, length: int) -> bytes:
+        return self.otadata.get(offset, b"\xff" * length)[:length]
 
 
 @pytest.fixture
@@ -136,3 +143,63 @@ def test_without_a_strap_the_reset_driver_starts_the_loader(rig_session, monkeyp
     assert calls == ["loader"]
     assert switched() == []
     assert install.unusable(session.rig, plan.options, plan.source) is not None  # no esp-serial
+
+
+# ota_seq 1 selects ota_0, 2 selects ota_1; the CRCs are the values ESP-IDF's bootloader accepts
+SELECTS_OTA_0 = struct.pack("<I20sII", 1, b"\xff" * 20, 2, 0x4743989A)
+SELECTS_OTA_1 = struct.pack("<I20sII", 2, b"\xff" * 20, 2, 0x55F63774)
+
+
+def app_image_plan(plan: Plan) -> Plan:
+    app = read_source(plan.source.path / "demo.bin", "esp32s3")
+    return Plan(app, plan.options, reflash=False)
+
+
+def test_an_app_already_at_ota_0_is_written_with_erased_otadata_when_ota_1_boots(
+    rig_session, monkeypatch, caplog
+) -> None:
+    session, plan, _ = rig_session
+    plan = app_image_plan(plan)
+    (app,) = plan.source.regions
+    loader = FakeLoader({0x10000: app.md5}, {0xD000: SELECTS_OTA_0, 0xE000: SELECTS_OTA_1})
+    loader_at(monkeypatch, loader)
+    with caplog.at_level(logging.INFO, "hil.firmware"):
+        assert _write_in_loader(session, plan) is True
+    assert loader.written == [0xD000, 0x10000]
+    lines = [r.getMessage() for r in caplog.records]
+    assert (
+        "otadata at 0xD000 is ota_seq 2, selecting ota_1, which does not start the app in flash"
+        in lines
+    )
+    assert any(
+        "demo.bin brings no otadata: erasing otadata at 0xD000 (0x2000 bytes) with it, as "
+        "idf.py flash writes ota_data_initial.bin" in line
+        for line in lines
+    ), lines
+
+
+@pytest.mark.parametrize("otadata", [{}, {0xD000: SELECTS_OTA_0}], ids=["erased", "ota_0"])
+def test_an_app_at_ota_0_that_boots_is_not_written(rig_session, monkeypatch, otadata) -> None:
+    session, plan, _ = rig_session
+    plan = app_image_plan(plan)
+    (app,) = plan.source.regions
+    loader = FakeLoader({0x10000: app.md5}, otadata)
+    loader_at(monkeypatch, loader)
+    assert _write_in_loader(session, plan) is False
+    assert loader.written == []
+
+
+def test_a_build_with_its_own_otadata_writes_it_and_is_not_compared_by_it(
+    rig_session, monkeypatch, tmp_path
+) -> None:
+    session, plan, _ = rig_session
+    build = make_build(tmp_path / "ota-build", table=ota_table(), otadata=0xD000)
+    plan = Plan(read_source(build, "esp32s3"), plan.options, reflash=False)
+    held = {r.offset: r.md5 for r in plan.source.regions if r.offset != 0xD000}
+    booted = FakeLoader(held, {0xD000: SELECTS_OTA_0})  # the bootloader rewrote otadata
+    loader_at(monkeypatch, booted)
+    assert _write_in_loader(session, plan) is False
+    updated = FakeLoader(held, {0xD000: SELECTS_OTA_0, 0xE000: SELECTS_OTA_1})
+    loader_at(monkeypatch, updated)
+    assert _write_in_loader(session, plan) is True
+    assert updated.written == [0x0, 0x8000, 0xD000, 0x10000]  # its own ota_data_initial.bin
