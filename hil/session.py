@@ -1,8 +1,9 @@
 """Bringing a rig up for a test session and always giving it back.
 
 Order: the lab's place (if the rig has `[labgrid]`: waited for in its queue, then acquired),
-the rig's lock (one run per rig), broker, then the twin (if the rig has `[sim]`), then the
-modem's power and the board's (switched on), the console reader, and the reset line. Teardown
+the rig's lock (one run per rig), broker, then the twin (if the rig has `[sim]`), then GPIO0's
+boot strap (released), the modem's power and the board's (switched on), the console reader,
+and the reset line. Teardown
 runs in reverse from one ExitStack, also on failure, timeout and Ctrl-C: power is left on,
 ports closed, spawned brokers and twins stopped, the lock released, the place released last.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,12 @@ from hil.console import ConsoleBuffer
 from hil.lab import PLACEHOLDER
 from hil.lab.place import PlaceHold
 from hil.lock import RigLock
+from hil.mqtt import tls_context
 from hil.power import PowerDriver
+from hil.proxy import MqttProxy
 from hil.reset import ResetDriver
 from hil.rig import DriverConfig, Rig
+from hil.sim.credentials import SessionTls, session_tls
 from hil.sim.process import TwinProcess
 
 log = logging.getLogger("hil.session")
@@ -50,7 +55,9 @@ class RigSession:
         self.place: PlaceHold | None = None
         self.broker: BrokerDriver | None = None
         self.endpoint: BrokerEndpoint | None = None
+        self.proxy: MqttProxy | None = None  # with `[broker] proxy = true`, the device's way in
         self.twin: TwinProcess | None = None
+        self.tls: SessionTls | None = None  # a virtual rig's certificates, when it speaks TLS
         self.power: PowerDriver | None = None
         self.board_power: PowerDriver | None = None
         self.reset: ResetDriver | None = None
@@ -75,10 +82,18 @@ class RigSession:
         lock = RigLock(rig.path, rig.name)
         lock.acquire()
         self._stack.callback(lock.release)
-        self.broker = rig.broker.cls(rig.broker.options, self.workdir / "broker")
+        broker = rig.broker
+        if rig.sim is not None:  # its certificates are made here, in a folder that goes with it
+            private = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="hil-tls-"))
+            self.tls = session_tls(broker, Path(private))
+            broker = self.tls.broker
+        self.broker = broker.cls(broker.options, self.workdir / "broker")
         self._stack.callback(self.broker.stop)
         self.endpoint = self.broker.start()
         log.info("broker %s (%s)", self.endpoint, rig.broker.name)
+        device_address = f"{self.endpoint.host}:{self.endpoint.port}"
+        if rig.proxy is not None:
+            device_address = self._start_proxy(rig)
         if rig.sim is not None:
             self.twin = TwinProcess()
             self._stack.callback(self.twin.stop)
@@ -86,14 +101,16 @@ class RigSession:
             sim_dir.mkdir(parents=True, exist_ok=True)
             ports = self.twin.start(
                 sim_dir,
-                f"{self.endpoint.host}:{self.endpoint.port}",
+                device_address,
                 rig.profile,
                 rig.sim,
                 username=getattr(rig.broker.options, "username", None),
                 password_env=getattr(rig.broker.options, "password_env", None),
+                tls=self.tls.device if self.tls else None,
             )
             log.info("virtual rig up: %s", ports)
             self.rig = rig = rig.with_sim_dir(sim_dir)
+        self._release_strap(rig)
         self.power = self._switch_on(rig.power, rig.power_common, "power")
         self.board_power = self._switch_on(rig.board_power, rig.board_power_common, "board_power")
         self.console = rig.console.cls(rig.console.options, rig.profile)
@@ -107,6 +124,23 @@ class RigSession:
         if rig.reset is not None:
             self.reset = rig.reset.cls(rig.reset.options, rig.directory, self.console)
 
+    def _start_proxy(self, rig: Rig) -> str:
+        """The MQTT proxy in front of the broker; the address the device is to use.
+
+        It reaches the broker as the harness does (TLS on the rig's files); the device speaks
+        plain MQTT to it.
+        """
+        assert self.endpoint is not None and rig.proxy is not None
+        self.proxy = MqttProxy(
+            (self.endpoint.host, self.endpoint.port),
+            upstream_tls=tls_context(self.endpoint),
+            listen=rig.proxy.listen,
+        )
+        self._stack.callback(self.proxy.stop)
+        host, port = self.proxy.start()
+        log.info("MQTT proxy for the device on %s:%d", host, port)
+        return f"{host}:{port}"
+
     def _follow_place(self, console: ConsoleBuffer, port: str) -> None:
         """A console on a place's port (`{labgrid:NAME}`) looks it up again whenever it is away:
         the exporter serves a port that came back on a new TCP port."""
@@ -115,6 +149,23 @@ class RigSession:
             return
         place, name = self.place, found[1]
         console.locate = lambda: place.url(name)
+
+    def _release_strap(self, rig: Rig) -> None:
+        """Let GPIO0's strap go before any power is switched on: a run that died while writing
+        the firmware may have left it held, and the chip would start its serial loader at the
+        next restart instead of the app."""
+        config = rig.boot_strap
+        if config is None:
+            return
+        strap = config.cls(
+            config.options, rig.boot_strap_common, rig.directory, section="boot_strap"
+        )
+        strap.open()
+        try:
+            strap.off()
+        finally:
+            strap.close()
+        log.info("boot strap released: %s", strap.describe())
 
     def _switch_on(self, config: DriverConfig | None, common, section: str) -> PowerDriver | None:
         """Open a power switch and turn it on; teardown leaves it on and closes it."""

@@ -1,12 +1,12 @@
-"""`hil run --firmware BUILD` end to end, with the real esptool against the twin's ROM loader.
+"""`hil run --firmware` end to end on the virtual rig, with the real esptool against the twin's
+ROM loader, as the issue's done-when says: the first run writes the build and proves its
+version online, the second finds it in the board's flash (kept beside the rig file, as a
+bench keeps its board) and does not write it; `--reflash` writes it again.
 
-The virtual rig's device, kept running between runs as its own process (its flash outlives
-each run, as a board's does), gets the build written (esptool's own "Wrote ... at 0x00010000")
-and comes up running it; a second run finds the image already in flash and does not write it;
-`--reflash` writes it again. With `method = "ota"` the app goes by the MQTT sender instead.
-The device's version is heard on the broker by mosquitto_sub, not by the harness; the run's
-record (run.json) carries what was installed, its SHA-256 the validation hash `esptool
-image-info` reads.
+The rig is a copy of rigs/sim.toml in the test's folder, so its flash starts factory-fresh
+there, with its broker the lab's own mosquitto, on which mosquitto_sub hears the device's
+version, not the harness. The run's record (run.json) carries what was installed, its SHA-256
+the validation hash `esptool image-info` reads.
 """
 
 from __future__ import annotations
@@ -15,19 +15,21 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import serial
 
 from hil.broker import BrokerEndpoint
+from hil.power.lcus import encode_frame
 from hil.profile import load_profile
+from hil.protocol.image import build_image
 from hil.sim.options import SimOptions
 from hil.sim.process import TwinProcess
 from tests.bringup.conftest import lab_broker, sim_timings
 from tests.core.conftest import needs_mosquitto
 
-from .conftest import image_info, make_build
+from .conftest import image_info, make_build, ota_table
 
 pytestmark = [needs_mosquitto, pytest.mark.slow]
 
@@ -36,6 +38,9 @@ HIL = "import sys; from hil.cli import main; sys.exit(main())"  # the `hil` cons
 QUICK_TEST = "test_status_led_toggles_on_every_message"
 STATUS = load_profile().mqtt.status_topic
 WROTE_APP = "esptool: Wrote 6000 bytes at 0x00010000"
+WROTE_OTADATA = "esptool: Wrote 8192 bytes at 0x0000d000"
+VERIFIED = "esptool: Hash of data verified."
+NOT_WRITTEN = "already on the device: not written"
 __all__ = ["lab_broker"]  # the bench's broker fixture, shared with tests/bringup
 
 
@@ -76,11 +81,6 @@ class StatusWatch:
         return out.split()
 
 
-@pytest.fixture
-def build(tmp_path: Path) -> Path:
-    return make_build(tmp_path / "build", "1.2.0")
-
-
 def sim_rig(drop: tuple[str, ...] = (), replace: dict[str, str] | None = None) -> str:
     """rigs/sim.toml without the tables in `drop`, with the texts in `replace` replaced."""
     out, skipping = [], False
@@ -95,44 +95,38 @@ def sim_rig(drop: tuple[str, ...] = (), replace: dict[str, str] | None = None) -
     return text
 
 
-@pytest.fixture
-def bench(lab_broker: BrokerEndpoint, tmp_path: Path) -> Iterator[Path]:
-    """The virtual rig's device left running between runs, as its own process, so its flash
-    outlives each run: rigs/sim.toml with the twin's ports for `{sim}` and the lab's broker."""
-    sim = sim_timings()["sim"]
-    twin = TwinProcess()
-    ports = twin.start(
-        tmp_path / "twin",
-        f"{lab_broker.host}:{lab_broker.port}",
-        load_profile(overrides=sim_timings()["profile"]),
-        SimOptions(firmware_version=sim["firmware_version"], time_scale=sim["time_scale"]),
+def lab_table(broker: BrokerEndpoint) -> str:
+    """A [broker] table for the lab's own mosquitto."""
+    return (
+        f'[broker]\ndriver = "external"\nhost = "{broker.host}"\nport = {broker.port}\n'
+        "tls = false\n"
     )
-    assert ports.console.parent == ports.relay.parent
-    rig = tmp_path / "bench.toml"
-    broker = (
-        f'[broker]\ndriver = "external"\nhost = "{lab_broker.host}"\n'
-        f"port = {lab_broker.port}\ntls = false\n"
-    )
-    ports_dir = str(ports.console.parent)
-    rig.write_text(sim_rig(drop=("sim", "broker"), replace={"{sim}": ports_dir}) + broker)
-    yield rig
-    twin.stop()
 
 
-def test_a_device_that_has_the_build_is_not_written_again_unless_reflash(
-    bench, lab_broker, tmp_path, build
+def rig_copy(folder: Path, broker: BrokerEndpoint, name: str = "sim.toml", **replace: str) -> Path:
+    """rigs/sim.toml in `folder` on the lab's broker; its flash file lands in folder/.state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rig = folder / name
+    rig.write_text(sim_rig(drop=("broker",), replace=replace) + lab_table(broker))
+    return rig
+
+
+def test_a_second_run_finds_the_build_in_the_boards_flash_and_does_not_write_it(
+    lab_broker, tmp_path
 ) -> None:
+    rig = rig_copy(tmp_path / "bench", lab_broker)
+    build = make_build(tmp_path / "build", "1.2.0", table=ota_table(), otadata=0xD000)
     watch = StatusWatch(lab_broker)
 
-    first = hil_run(bench, tmp_path, "--firmware", f"{build}/")
-    second = hil_run(bench, tmp_path, "--firmware", f"{build}/")
-    third = hil_run(bench, tmp_path, "--firmware", f"{build}/", "--reflash")
+    first = hil_run(rig, tmp_path, "--firmware", f"{build}/")
+    second = hil_run(rig, tmp_path, "--firmware", f"{build}/")
+    third = hil_run(rig, tmp_path, "--firmware", f"{build}/", "--reflash")
 
     heard = watch.lines()
     for code, output, _ in (first, second, third):
         assert code == 0, output[-4000:]
-    assert WROTE_APP in first[1], first[1][-4000:]
-    assert "esptool: Hash of data verified." in first[1]
+    assert WROTE_APP in first[1] and VERIFIED in first[1], first[1][-4000:]
+    assert WROTE_OTADATA in first[1], "the build's own ota_data_initial.bin"
     assert "firmware 1.2.0 (sha256 " in first[1] and "written from build folder" in first[1]
     firmware = first[2]["firmware"]
     assert firmware["version"] == "1.2.0"
@@ -140,25 +134,83 @@ def test_a_device_that_has_the_build_is_not_written_again_unless_reflash(
     assert (firmware["method"], firmware["written"]) == ("serial", True)
     assert first[2]["device"]["online_version"] == "1.2.0"
 
-    assert WROTE_APP not in second[1], second[1][-4000:]
-    assert "already on the device: not written" in second[1]
+    assert "esptool: Wrote" not in second[1], second[1][-4000:]
+    assert NOT_WRITTEN in second[1]
     assert second[2]["firmware"]["written"] is False
+    assert second[2]["device"]["online_version"] == "1.2.0"
+    # Each run restarted the device into 1.2.0, and into nothing else once it was written.
+    online = [line for line in heard if line.startswith("STATUS:ONLINE:")]
+    assert online.count("STATUS:ONLINE:1.2.0") >= 2, heard
+    assert set(online[online.index("STATUS:ONLINE:1.2.0") :]) == {"STATUS:ONLINE:1.2.0"}, heard
+    assert (rig.parent / ".state" / "sim-flash.bin").stat().st_size == 4 * 1024 * 1024
 
-    assert WROTE_APP in third[1] and third[2]["firmware"]["written"] is True
-    # Each run restarted the device into 1.2.0; before the first, it ran 1.0.0.
-    assert heard.count("STATUS:ONLINE:1.2.0") >= 3, heard
-    assert heard.index("STATUS:ONLINE:1.0.0") < heard.index("STATUS:ONLINE:1.2.0"), heard
+    assert WROTE_APP in third[1] and third[2]["firmware"]["written"] is True, third[1][-4000:]
 
 
-def test_an_ota_install_on_the_virtual_rig_pushes_the_app_and_runs_it(tmp_path, build) -> None:
-    rig = tmp_path / "sim.toml"
-    rig.write_text(sim_rig(replace={'method = "serial"': 'method = "ota"'}))
+def test_an_app_bin_written_after_an_ota_update_erases_otadata_and_runs(
+    lab_broker, tmp_path
+) -> None:
+    """An OTA update leaves otadata selecting ota_1, where an app .bin written at 0x10000
+    would never start: the install writes erased otadata with it, as idf.py flash does."""
+    bench = tmp_path / "bench"
+    serial_rig = rig_copy(bench, lab_broker)
+    ota_rig = rig_copy(bench, lab_broker, "sim-ota.toml", **{'method = "serial"': 'method = "ota"'})
+    update = tmp_path / "update-1.5.0.bin"
+    update.write_bytes(build_image("1.5.0", 6000, project="demo", seed=2))
+    app = tmp_path / "app-1.2.0.bin"
+    app.write_bytes(build_image("1.2.0", 6000, project="demo", seed=1))
+    watch = StatusWatch(lab_broker)
 
-    code, output, run = hil_run(rig, tmp_path, "--firmware", str(build / "demo.bin"))
+    updated = hil_run(ota_rig, tmp_path, "--firmware", str(update))
+    written = hil_run(serial_rig, tmp_path, "--firmware", str(app))
 
+    heard = watch.lines()
+    for code, output, _ in (updated, written):
+        assert code == 0, output[-4000:]
+    assert "esptool:" not in updated[1]
+    assert "OTA: 6000/6000 bytes acknowledged" in updated[1], updated[1][-4000:]
+    assert "written from app image" in updated[1] and "by the OTA sender" in updated[1]
+    assert (updated[2]["firmware"]["method"], updated[2]["firmware"]["written"]) == ("ota", True)
+    assert updated[2]["device"]["online_version"] == "1.5.0"
+
+    assert "brings no otadata: erasing otadata at 0xD000 (0x2000 bytes)" in written[1]
+    assert WROTE_OTADATA in written[1] and WROTE_APP in written[1], written[1][-4000:]
+    assert VERIFIED in written[1]
+    assert (written[2]["firmware"]["method"], written[2]["firmware"]["written"]) == ("serial", True)
+    assert written[2]["device"]["online_version"] == "1.2.0"
+    online = [line for line in heard if line.startswith("STATUS:ONLINE:")]
+    assert online.index("STATUS:ONLINE:1.5.0") < online.index("STATUS:ONLINE:1.2.0"), heard
+    assert online[-1] == "STATUS:ONLINE:1.2.0", heard
+
+
+def test_a_strap_left_held_by_a_crashed_run_is_released_before_the_device_restarts(
+    lab_broker, tmp_path
+) -> None:
+    """The board outlives the runs, and with it the relay a crashed install left energized
+    (GPIO0 held low): the next run still restarts the device into its app, not its loader."""
+    sim = sim_timings()["sim"]
+    twin = TwinProcess()
+    try:
+        ports = twin.start(
+            tmp_path / "twin",
+            f"{lab_broker.host}:{lab_broker.port}",
+            load_profile(overrides=sim_timings()["profile"]),
+            SimOptions(firmware_version=sim["firmware_version"], time_scale=sim["time_scale"]),
+        )
+        with serial.Serial(str(ports.relay), 9600) as relay:
+            relay.write(encode_frame(3, True))  # the strap channel, energized: GPIO0 low
+            relay.flush()
+        rig = tmp_path / "bench.toml"
+        rig.write_text(
+            sim_rig(drop=("sim", "broker"), replace={"{sim}": str(ports.console.parent)})
+            + lab_table(lab_broker)
+        )
+        code, output, run = hil_run(rig, tmp_path)
+    finally:
+        twin.stop()
     assert code == 0, output[-4000:]
-    assert "esptool:" not in output
-    assert "OTA: 6000/6000 bytes acknowledged" in output, output[-4000:]
-    assert "written from app image" in output and "by the OTA sender" in output
-    assert (run["firmware"]["method"], run["firmware"]["written"]) == ("ota", True)
-    assert run["device"]["online_version"] == "1.2.0"
+    assert "boot strap released: LCUS relay" in output, output[-4000:]
+    assert run["device"]["online_version"] == "1.0.0"
+    log = twin.stderr_path.read_text() if twin.stderr_path else ""
+    assert "strap relay released (GPIO0 high)" in log
+    assert "waiting for download" not in log, log[-3000:]
