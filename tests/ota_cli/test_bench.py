@@ -1,11 +1,18 @@
-"""The benchmark: its UART arithmetic, and that `--quick` runs end to end on the twin."""
+"""The benchmark: its UART arithmetic, its verdicts, and a short run end to end on the twin."""
 
 from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 
 from hil import bench
+from hil.ota.window import AUTO, MAX_WINDOW
 from hil.profile import load_profile
+
+SIM_RIG = Path(__file__).resolve().parents[2] / "rigs" / "sim.toml"
 
 
 def test_ceiling_counts_the_modems_framing():
@@ -18,11 +25,57 @@ def test_ceiling_counts_the_modems_framing():
     assert ceiling.rate() == pytest.approx(508 * 11520 / (791 + 42))
 
 
-@pytest.mark.slow
-def test_quick_benchmark_prints_a_table(capsys):
-    assert bench.main(["--quick"]) == 0
+def _run(rtt_ms: float, window, seconds: float) -> bench.Run:
+    return bench.Run(rtt_ms, window, 50800, 100, seconds, 0, 8)
+
+
+def test_verdicts_are_ratios_to_the_ceiling_measured_in_the_same_run():
+    runs = [
+        _run(0, MAX_WINDOW, 10.0),
+        _run(300, 1, 40.0),
+        _run(300, AUTO, 10.4),  # 96 % of the measured ceiling
+        _run(600, AUTO, 11.5),  # 87 %
+    ]
+    lines = bench.verdicts(runs, bench.uart_ceiling(load_profile(), 50800))
+    assert lines[0].startswith("measured ceiling: 5.08 kB/s at 0 ms with window 64")
+    assert lines[1] == (
+        "target at 300 ms, window auto: 96% of the measured ceiling (want >= 95%): MET"
+    )
+    assert lines[2] == (
+        "target at 600 ms, window auto: 87% of the measured ceiling (want >= 90%): NOT MET"
+    )
+    assert lines[3].endswith("(want >= 75%): not measured in this run")
+
+
+def test_plan_measures_the_ceiling_first_on_a_twin_of_its_own():
+    assert bench.plan([300.0], [1, AUTO]) == {300.0: [1, AUTO], 0.0: [MAX_WINDOW]}
+    assert bench.plan([0.0], [AUTO]) == {0.0: [MAX_WINDOW, AUTO]}
+
+
+def test_bad_windows_are_a_usage_error(capsys):
+    assert bench.main(["--windows", "1,fast"]) == 2
+    assert "'fast' in '1,fast': a window is 'auto' or a whole number" in capsys.readouterr().err
+
+
+def test_short_benchmark_prints_the_ratios_and_the_sized_window_beats_window_1(tmp_path, capsys):
+    rig = tmp_path / "sim.toml"  # a copy: its flash file and rig lock are its own
+    shutil.copy(SIM_RIG, rig)
+    argv = ["--rig", str(rig), "--rtt", "300", "--size", "8192", "--windows", f"1,{AUTO}"]
+    assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    assert "UART ceiling" in out
-    rows = [line.split() for line in out.splitlines() if line.strip().startswith("50 ")]
-    assert [row[1] for row in rows] == ["1", "8"]
-    assert rows[1][6] != "-"
+    assert "UART ceiling (115200 baud" in out
+    rows = {
+        tuple(line.split()[:2]): line.split()
+        for line in out.splitlines()
+        if re.match(r"\s+\d+ +(\d+|auto) ", line)
+    }
+    assert set(rows) == {("0", str(MAX_WINDOW)), ("300", "1"), ("300", AUTO)}
+    assert rows[("0", str(MAX_WINDOW))][5] == "100%"  # the ceiling is its own yardstick
+    speedup = float(rows[("300", AUTO)][7].removesuffix("x"))
+    assert speedup > 2.0, out  # a round trip per chunk against a window that covers it
+    assert re.search(
+        r"^target at 300 ms, window auto: \d+% of the measured ceiling \(want >= 95%\): "
+        r"(MET|NOT MET)$",
+        out,
+        re.MULTILINE,
+    ), out
