@@ -15,8 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = ROOT / "test_suites"
 
-pytestmark = pytest.mark.repo_rig  # starts twins from the repository's rigs/sim.toml
-
 # fault -> the suite tests that must fail when the twin's firmware has it
 CATCHES = {
     "echo_no_prefix": [
@@ -78,6 +76,7 @@ def run_suites(tmp_path: Path, rig: Path, targets: list[str]) -> dict[str, str]:
     return outcomes
 
 
+@pytest.mark.repo_rig  # the repository's own rigs/sim.toml, as the quick start runs it
 def test_all_suites_pass_on_good_firmware(tmp_path: Path) -> None:
     outcomes = run_suites(tmp_path, ROOT / "rigs" / "sim.toml", [str(SUITES)])
     assert len(outcomes) >= 30, f"only {len(outcomes)} suite tests ran"
