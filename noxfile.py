@@ -10,7 +10,7 @@ nox.options.default_venv_backend = "venv"
 def tests(session: nox.Session) -> None:
     """The harness's own tests: unit, twin and suites-against-twin."""
     session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *(session.posargs or ["-n", "3", "--dist", "loadgroup"]))
 
 
 @nox.session
