@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALID_DAYS = 7
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
+DEVICE_NAME = "hil device"  # the common name of a virtual rig's device certificate
 
 
 @dataclass(frozen=True)
@@ -93,18 +94,21 @@ class Authority:
 
 @dataclass(frozen=True)
 class BrokerPki:
-    """What a TLS broker and its clients need: the CA, the server's pair, a client pair."""
+    """What a TLS broker and its clients need: the CA, the server's pair, a client pair, and
+    for a virtual rig the device's own pair (so the broker's side can tell the two apart)."""
 
     ca: Path
     server: Issued
     client: Issued | None
+    device: Issued | None = None
 
     @classmethod
-    def create(cls, directory: Path, client: bool = False) -> BrokerPki:
+    def create(cls, directory: Path, client: bool = False, device: bool = False) -> BrokerPki:
         authority = Authority.create(directory)
         server = authority.issue(directory, "hil broker", hosts=LOOPBACK_NAMES)
         issued = authority.issue(directory, "hil client", client=True) if client else None
-        return cls(authority.cert, server, issued)
+        own = authority.issue(directory, DEVICE_NAME, client=True) if device else None
+        return cls(authority.cert, server, issued, own)
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hil import schema
 from hil.profile import DeviceProfile, load_profile, profile_from_data
+from hil.sim.firmware import Credentials
 from hil.sim.firmware_rawtcp import refusal
 from hil.sim.local_broker import LocalBroker
 from hil.sim.options import CONSOLES, FAULTS, TRANSPORTS, SimOptions
@@ -117,6 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--password-env", metavar="VAR", help="environment variable holding the broker password"
     )
+    p.add_argument(
+        "--ca",
+        type=Path,
+        metavar="FILE.pem",
+        help="speak TLS to the broker, verifying it against this CA (the firmware's CA file)",
+    )
+    p.add_argument("--cert", type=Path, metavar="FILE.pem", help="the device's client certificate")
+    p.add_argument("--key", type=Path, metavar="FILE.key", help="the device's private key")
     p.add_argument("-v", "--verbose", action="store_true", help="log AT-level detail")
     return p
 
@@ -126,6 +135,26 @@ def _broker(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise ValueError(f"--broker must be HOST:PORT, got {text!r}")
     return host, int(port)
+
+
+def _credentials(args: argparse.Namespace) -> Credentials | None:
+    """The firmware's TLS files, read now: one clear error for a missing or unreadable one."""
+    if (args.cert is None) != (args.key is None):
+        raise ValueError("--cert and --key go together (the device's certificate and its key)")
+    if args.ca is None:
+        if args.cert is not None:
+            raise ValueError("--cert and --key need --ca: the twin speaks TLS only with a CA")
+        return None
+    data = {}
+    for option in ("ca", "cert", "key"):
+        path = getattr(args, option)
+        if path is None:
+            continue
+        try:
+            data[option] = path.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"--{option} {path}: cannot read it ({exc.strerror})") from None
+    return Credentials(**data)
 
 
 def _profile(path: Path | None) -> DeviceProfile:
@@ -141,7 +170,12 @@ def _profile(path: Path | None) -> DeviceProfile:
         raise ValueError(f"--profile {path}: {exc}") from None
 
 
-async def _serve(args: argparse.Namespace, options: SimOptions, profile: DeviceProfile) -> None:
+async def _serve(
+    args: argparse.Namespace,
+    options: SimOptions,
+    profile: DeviceProfile,
+    tls: Credentials | None,
+) -> None:
     password = None
     if args.password_env:
         password = os.environ.get(args.password_env)
@@ -164,7 +198,7 @@ async def _serve(args: argparse.Namespace, options: SimOptions, profile: DeviceP
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="hil-sim-"))
         directory = Path(tmp or args.dir)
         directory.mkdir(parents=True, exist_ok=True)
-        twin = Twin(directory, broker, profile, options, args.username, password)
+        twin = Twin(directory, broker, profile, options, args.username, password, tls)
         stack.push_async_callback(twin.close)
         await twin.start()
         ready = {
@@ -222,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = _profile(args.profile)
         if options.transport == "raw-tcp" and (why := refusal(profile)):
             raise ValueError(why)
-        asyncio.run(_serve(args, options, profile))
+        tls = _credentials(args)
+        asyncio.run(_serve(args, options, profile, tls))
     except (ValueError, schema.ConfigError) as exc:
         print(f"hil sim: {exc}", file=sys.stderr)
         return 2

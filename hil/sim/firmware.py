@@ -2,7 +2,8 @@
 
 One `Firmware` object is one run of the chip between resets (RAM); `run()` returns when the chip
 restarts (OTA, panic, rollback). Flash and the modem outlive it. Faults from SimOptions switch on
-the named bugs.
+the named bugs. Built with `Credentials` it speaks TLS to the broker, set up the way seed 001
+sets up a SIM7600 for AWS IoT (its CA, certificate and key into the modem, authmode 2, SNI).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from hil.profile import DeviceProfile
 from hil.protocol.crypto import DecryptError
@@ -47,6 +49,8 @@ BACKTRACE = "Backtrace: 0x42008a1c:0x3fc9b2f0 0x42009b3e:0x3fc9b310 0x4037c2d1:0
 
 APN = "internet"
 CA_NAME = "ca.pem"
+CERT_NAME = "clientcert.pem"
+KEY_NAME = "clientkey.pem"
 NETWORK_POLLS = 15  # registration polls, RETRY_DELAY apart: attaching takes longer than a command
 PUBLISH_TIMEOUT_S = 60  # passed in AT+CMQTTPUB; the module gives up on the broker after it
 RESULT_FLOOR_DELAYS = 4  # a network result is never waited for less than this many retry delays
@@ -59,6 +63,16 @@ def dummy_ca_pem() -> bytes:
     body = base64.b64encode(b"".join(hashlib.sha256(bytes([i])).digest() for i in range(24)))
     lines = [body[i : i + 64] for i in range(0, len(body), 64)]
     return b"-----BEGIN CERTIFICATE-----\n" + b"\n".join(lines) + b"\n-----END CERTIFICATE-----\n"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a firmware built for a TLS broker carries: the CA it trusts, and its own
+    certificate and key when the broker wants clients to present one."""
+
+    ca: bytes
+    cert: bytes | None = None
+    key: bytes | None = field(default=None, repr=False)
 
 
 class StepFailed(Exception):
@@ -89,6 +103,7 @@ class Firmware:
         username: str | None,
         password: str | None,
         reset: Reset,
+        tls: Credentials | None = None,
     ) -> None:
         self._profile = profile
         self._fw = profile.firmware
@@ -99,6 +114,7 @@ class Firmware:
         self._username = username
         self._password = password
         self._reset = reset
+        self._tls = tls
         self._at = AtClient(uart, self._on_urc, self._on_message, late_results=(PUBLISH_RESULT,))
         # Messages in arrival order, or the news that the link is gone (raised where it is read).
         self._inbox: asyncio.Queue[tuple[str, bytes] | LinkLost] = asyncio.Queue()
@@ -246,19 +262,37 @@ class Firmware:
         await self._cmd("AT+CGPADDR=1")
 
     async def _certificate(self) -> None:
-        if f'+CCERTLIST: "{CA_NAME}"' in await self._cmd("AT+CCERTLIST"):
-            return
-        pem = dummy_ca_pem()
-        await self._cmd(f'AT+CCERTDOWN="{CA_NAME}",{len(pem)}', data=pem)
+        """Download the files the modem does not hold yet (its flash keeps them)."""
+        listed = await self._cmd("AT+CCERTLIST")
+        for name, pem in self._certificates():
+            if f'+CCERTLIST: "{name}"' not in listed:
+                await self._cmd(f'AT+CCERTDOWN="{name}",{len(pem)}', data=pem)
+
+    def _certificates(self) -> list[tuple[str, bytes]]:
+        tls = self._tls
+        if tls is None:
+            return [(CA_NAME, dummy_ca_pem())]
+        files = [] if "tls_no_verify" in self._faults else [(CA_NAME, tls.ca)]
+        if tls.cert is not None and tls.key is not None:
+            files += [(CERT_NAME, tls.cert), (KEY_NAME, tls.key)]
+        return files
 
     async def _ssl(self) -> None:
-        for setting in (
-            '"sslversion",0,4',
-            '"authmode",0,1',
-            f'"cacert",0,"{CA_NAME}"',
-            '"enableSNI",0,1',
-            '"ignorelocaltime",0,1',
-        ):
+        """SSL context 0. The bugs: `tls_no_verify` configures no CA and so asks for no server
+        authentication (authmode 3 with a client pair, as LilyGO's TinyGsmMqttA76xx.h picks
+        when it is given no CA); `no_sni` never sends "enableSNI"."""
+        names = [name for name, _ in self._certificates()]
+        verify, pair = CA_NAME in names, CERT_NAME in names
+        authmode = {(True, True): 2, (True, False): 1, (False, True): 3, (False, False): 0}
+        settings = ['"sslversion",0,4', f'"authmode",0,{authmode[verify, pair]}']
+        if verify:
+            settings.append(f'"cacert",0,"{CA_NAME}"')
+        if pair:
+            settings += [f'"clientcert",0,"{CERT_NAME}"', f'"clientkey",0,"{KEY_NAME}"']
+        if "no_sni" not in self._faults:
+            settings.append('"enableSNI",0,1')
+        settings.append('"ignorelocaltime",0,1')
+        for setting in settings:
             await self._cmd(f"AT+CSSLCFG={setting}")
 
     async def _mqtt_setup(self) -> None:
@@ -277,7 +311,7 @@ class Firmware:
                 raise
         millis = int((self._loop.time() - self._started_at) * 1000)
         client_id = f"{self._profile.mqtt.client_id_prefix}{millis}"
-        await self._cmd(f'AT+CMQTTACCQ=0,"{client_id}",0')
+        await self._cmd(f'AT+CMQTTACCQ=0,"{client_id}",{int(self._tls is not None)}')
         if "mqtt_v31" not in self._faults:
             await self._cmd(f'AT+CMQTTCFG="version",0,{self._profile.mqtt.protocol_level}')
         await self._cmd("AT+CMQTTSSLCFG=0,0")

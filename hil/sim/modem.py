@@ -3,7 +3,8 @@
 It answers like the module as modem_facts.md describes it: CR LF framed results, `>` prompts for
 data, `+CMQTT…` result codes after `OK`, unsolicited `+CMQTTRX…` for incoming messages. Without
 power it answers nothing; on power it boots (`RDY` … `PB DONE`) and registers after a delay.
-Certificates live in flash and survive a power cut; everything else is forgotten.
+Certificates live in flash and survive a power cut; everything else is forgotten. A client
+acquired for SSL/TLS connects as its SSL context says (hil.sim.tls has the rules and sources).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from hil.sim.at import AtSyntaxError, Command, parse
 from hil.sim.link import Link
 from hil.sim.mqtt_bridge import BrokerSession, ConnectParams, close_silent_sessions
+from hil.sim.tls import FILES, NUMBERS, TlsSettings
 from hil.sim.uart import UartEnd
 
 log = logging.getLogger("hil.sim.modem")
@@ -50,6 +52,7 @@ class MqttClient:
 
     client_id: str
     version: int = 3  # the module's default is MQTT 3.1 until AT+CMQTTCFG="version",<i>,4
+    tls: bool = False  # AT+CMQTTACCQ's <server_type> 1: an SSL/TLS client (hil.sim.tls)
     ssl_ctx: int | None = None
     topic: bytes | None = None
     payload: bytes = b""
@@ -379,7 +382,9 @@ class Sim7600:
         value = cmd.args[2] if len(cmd.args) > 2 else None
         if value is None:
             raise AtSyntaxError("CSSLCFG value missing")
-        if key in ("cacert", "clientcert", "clientkey") and value not in self.certs:
+        if key in NUMBERS and value not in NUMBERS[key]:
+            raise AtSyntaxError(f"CSSLCFG {key} takes one of {list(NUMBERS[key])}")
+        if key in FILES and value not in self.certs:
             self._error("file not found")
             return
         self.ssl_cfg[(ctx, key)] = value
@@ -421,9 +426,10 @@ class Sim7600:
         if client is not None:
             raise CmqttError(CLIENT_USED, index)
         client_id = str(cmd.arg(1, str))
-        if not client_id:
+        server_type = cmd.arg(2, int, 0)
+        if not client_id or server_type not in (0, 1):
             raise CmqttError(INVALID_PARAM, index)
-        self.clients[index] = MqttClient(client_id)
+        self.clients[index] = MqttClient(client_id, tls=server_type == 1)
         self._ok()
 
     def cmqttrel(self, cmd: Command) -> None:
@@ -476,6 +482,7 @@ class Sim7600:
             clean=bool(cmd.arg(3, int)),
             username=username,
             password=password,
+            tls=self._tls_settings(client.ssl_ctx or 0) if client.tls else None,
         )
         client.connecting = True
         self._ok()
@@ -503,6 +510,11 @@ class Sim7600:
             self._urc(f"+CMQTTCONNECT: {index},{code}", generation)
 
         self._later(connect)
+
+    def _tls_settings(self, ctx: int) -> TlsSettings:
+        """SSL context `ctx` as it stands now, with the files it names as they are in flash."""
+        settings = {key: value for (index, key), value in self.ssl_cfg.items() if index == ctx}
+        return TlsSettings.of(settings, self.certs)
 
     def cmqttdisc(self, cmd: Command) -> None:
         index, client = self._client(cmd)

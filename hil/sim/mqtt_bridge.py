@@ -1,8 +1,9 @@
 """One MQTT connection the emulated modem holds to the real broker, over aiomqtt.
 
 The modem's socket is what the broker sees: the protocol level the firmware configured, the
-client id it acquired, its keepalive and clean-session flag. A modem that loses power takes no
-leave of the broker, so `abort` drops the TCP connection without an MQTT DISCONNECT.
+client id it acquired, its keepalive and clean-session flag, and for an SSL/TLS client the
+handshake its SSL context asks for (hil.sim.tls). A modem that loses power takes no leave of
+the broker, so `abort` drops the TCP connection without an MQTT DISCONNECT.
 
 The keepalive is the module's own (SIM7500/SIM7600 MQTT AT Command Manual: `<keepalive_time>`
 of AT+CMQTTCONNECT, the connection's loss reported as `+CMQTTCONNLOST: <client>,<cause>`): a
@@ -20,12 +21,15 @@ import logging
 import math
 import os
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiomqtt
 import paho.mqtt.client as mqtt
+
+from hil.sim.tls import CERT_NOT_SET, HANDSHAKE_FAIL, CertificateNotSet, TlsSettings
 
 log = logging.getLogger("hil.sim.mqtt_bridge")
 
@@ -49,8 +53,10 @@ def close_silent_sessions() -> None:
         _close_quietly(fd)
 
 
-# CONNACK refusal codes (MQTT 3.1/3.1.1) to the modem's +CMQTTCONNECT error codes.
-_REFUSED = {1: 27, 2: 28, 3: 29, 4: 30, 5: 31}
+# CONNACK refusal codes (MQTT 3.1/3.1.1) to the modem's +CMQTTCONNECT error codes. paho 2
+# hands a 3.1.1 refusal on as the MQTT 5 reason code it stands for (convert_connack_rc_to_
+# reason_code: 1 -> 132, 2 -> 133, 3 -> 136, 4 -> 134, 5 -> 135).
+_REFUSED = {1: 27, 2: 28, 3: 29, 4: 30, 5: 31, 132: 27, 133: 28, 136: 29, 134: 30, 135: 31}
 SOCK_CONNECT_FAIL = 3
 NO_CONNECTION = 11
 TIMEOUT = 17
@@ -66,6 +72,7 @@ class ConnectParams:
     clean: bool
     username: str | None = None
     password: str | None = None
+    tls: TlsSettings | None = field(default=None, repr=False)  # None: MQTT over plain TCP
 
 
 class BrokerSession:
@@ -80,6 +87,16 @@ class BrokerSession:
         protocol = aiomqtt.ProtocolVersion.V31
         if params.version == 4:
             protocol = aiomqtt.ProtocolVersion.V311
+        self._tls = params.tls is not None
+        self._refused: int | None = None  # the TLS setup's error code, answered at connect
+        tls_context = None
+        if params.tls is not None:
+            try:
+                tls_context = params.tls.context()
+            except CertificateNotSet:
+                self._refused = CERT_NOT_SET
+            except ssl.SSLError:
+                self._refused = HANDSHAKE_FAIL
         self._client = aiomqtt.Client(
             params.host,
             params.port,
@@ -90,6 +107,7 @@ class BrokerSession:
             username=params.username,
             password=params.password,
             timeout=CONNECT_TIMEOUT_S,
+            tls_context=tls_context,
         )
         self._on_message = on_message
         self._on_lost = on_lost
@@ -101,12 +119,17 @@ class BrokerSession:
 
     async def connect(self) -> int:
         """Connect; 0 or the modem's error code for the failure."""
+        if self._refused is not None:
+            return self._refused
         try:
             await self._client.__aenter__()
         except aiomqtt.MqttCodeError as exc:
             code = exc.rc if isinstance(exc.rc, int) else getattr(exc.rc, "value", 1)
             return _REFUSED.get(code, SOCK_CONNECT_FAIL)
-        except (aiomqtt.MqttError, OSError):
+        except (aiomqtt.MqttError, OSError) as exc:
+            # aiomqtt keeps only the text of what paho raised: an SSLError's starts "[SSL".
+            if self._tls and (isinstance(exc, ssl.SSLError) or str(exc).startswith("[SSL")):
+                return HANDSHAKE_FAIL
             return SOCK_CONNECT_FAIL
         loop = asyncio.get_running_loop()
         self._reader = loop.create_task(self._read())

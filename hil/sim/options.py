@@ -24,6 +24,8 @@ FAULTS = (
     "no_resubscribe",
     "mqtt_v31",
     "crash_on_bad_base64",
+    "no_sni",
+    "tls_no_verify",
 )
 
 CONSOLES = ("native-usb", "uart-bridge")

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from hil import schema
+from hil.broker import TlsFiles
 from hil.lifetime import die_with_parent
 from hil.profile import DeviceProfile
 from hil.sim.firmware_rawtcp import refusal
@@ -56,9 +57,14 @@ class TwinProcess:
         username: str | None = None,
         password_env: str | None = None,
         timeout: float = 30,
+        tls: TlsFiles | None = None,
     ) -> TwinPorts:
+        """Start the twin against `broker` (HOST:PORT); with `tls`, over TLS with its CA and,
+        if it has them, its client certificate and key (paths only: the twin reads them)."""
         if self._process is not None:
             raise RuntimeError("twin already started; stop() it first")
+        if tls is not None and tls.ca is None:
+            raise ValueError("a twin over TLS needs the CA that signed the broker's certificate")
         if options.transport == "raw-tcp" and (why := refusal(profile)):
             raise ValueError(f"[sim] {why}")
         dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +109,10 @@ class TwinProcess:
             argv += ["--username", username]
         if password_env is not None:
             argv += ["--password-env", password_env]
+        if tls is not None:
+            argv += ["--ca", str(tls.ca)]
+            if tls.cert is not None and tls.key is not None:
+                argv += ["--cert", str(tls.cert), "--key", str(tls.key)]
         self._stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (lives until stop())
             prefix="hil-sim-", suffix=".log", dir=dir, delete=False
         )

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from hil.profile import DeviceProfile
-from hil.sim.firmware import Firmware
+from hil.sim.firmware import Credentials, Firmware
 from hil.sim.firmware_rawtcp import RawTcpFirmware
 from hil.sim.flash import Flash
 from hil.sim.link import Link
@@ -46,8 +46,10 @@ class Twin:
         options: SimOptions,
         username: str | None = None,
         password: str | None = None,
+        tls: Credentials | None = None,
     ) -> None:
         self._profile = profile
+        self._tls = tls
         self._options = options
         self._broker = broker
         self._username = username
@@ -157,6 +159,7 @@ class Twin:
             username=self._username,
             password=self._password,
             reset=reset,
+            tls=self._tls,
         )
 
     async def _download(self, reset: Reset) -> Reset:
