@@ -192,7 +192,9 @@ def _parse(kind: int, flags: int, body: bytes) -> Packet:
         (packet_id,) = struct.unpack("!H", body)
         return Puback(packet_id) if kind == PUBACK else Unsuback(packet_id)
     if kind == SUBACK:
-        if len(body) < 3 or flags:
+        if flags:
+            raise FrameError(f"packet type {kind} with reserved flags {flags:#x}")
+        if len(body) < 3:
             raise FrameError("SUBACK without a return code")
         return Suback(struct.unpack_from("!H", body)[0], tuple(body[2:]))
     if kind == PINGRESP:
