@@ -1,7 +1,9 @@
 """The firmware's side of the AT link: send a command, collect its answer, route URCs.
 
 One command is in flight at a time (the module's rule). Lines that belong to no command, and
-the `+CMQTTRX…` blocks that carry raw topic and payload bytes, go to the URC callbacks.
+the `+CMQTTRX…` blocks that carry raw topic and payload bytes, go to the URC callbacks. The raw
+bytes that follow a `+HTTPREAD: DATA,<len>` or `+HTTPHEAD: DATA,<len>` line belong to the
+command that asked for them.
 """
 
 from __future__ import annotations
@@ -38,11 +40,16 @@ def _future() -> asyncio.Future:  # type: ignore[type-arg]
     return asyncio.get_running_loop().create_future()
 
 
+# Answer lines announcing <len> raw bytes that follow them (SIM7600G's HTTP(S) reads).
+DATA_LINES = ("+HTTPREAD: DATA,", "+HTTPHEAD: DATA,")
+
+
 @dataclass
 class _Pending:
     command: str
     wait_for: str | None
     with_data: bool
+    received: bytearray | None = None  # where raw data blocks of the answer go
     lines: list[str] = field(default_factory=list)
     prompt: asyncio.Future[None] = field(default_factory=lambda: _future())
     final: asyncio.Future[bool] = field(default_factory=lambda: _future())
@@ -101,14 +108,16 @@ class AtClient:
         data: bytes | None = None,
         wait_for: str | None = None,
         result_timeout: float = 0.0,
+        received: bytearray | None = None,
     ) -> list[str]:
         """Send `line`; answer lines up to OK. With `data`, send it at the `>` prompt.
 
         With `wait_for` (a result prefix such as "+CMQTTPUB:"), also wait for that line, which
-        the module sends after OK, and return it last.
+        the module sends after OK, and return it last. Raw data blocks of the answer (after a
+        DATA_LINES line) are appended to `received`.
         """
         async with self._lock:
-            pending = _Pending(line, wait_for, data is not None)
+            pending = _Pending(line, wait_for, data is not None, received)
             self._pending = pending
             try:
                 self._uart.write(line.encode() + b"\r")
@@ -188,6 +197,12 @@ class AtClient:
             self._rx_line(line)
             return
         pending = self._pending
+        if line.startswith(DATA_LINES):
+            size = line.rpartition(",")[2].strip()
+            if size.isascii() and size.isdigit():
+                sink = pending.received if pending is not None else None
+                self._raw = (int(size), sink.extend if sink is not None else lambda data: None)
+                return
         if line.upper().startswith("AT"):
             return  # echo of our own command (before ATE0)
         if line == "RDY":

@@ -18,10 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hil.profile import DeviceProfile
+from hil.protocol import http_ota
 from hil.protocol.crypto import DecryptError
 from hil.sim.atclient import AtClient, AtError, AtTimeout
 from hil.sim.echo import Echo, is_base64
 from hil.sim.flash import Flash
+from hil.sim.http_ota import HttpOta
 from hil.sim.options import SimOptions
 from hil.sim.ota_receiver import OtaReceiver, Step
 from hil.sim.reset import Reset, banner
@@ -123,6 +125,10 @@ class Firmware:
         self._unconfirmed: deque[float] = deque()
         self._echo = Echo(profile.crypto, self._faults)
         self._ota = OtaReceiver(profile.ota, self._faults)
+        self._http = HttpOta(
+            profile, self._faults, self._cmd, self._publish, self._say, self._running_version
+        )
+        self._rolled_back: str | None = None  # the version the bootloader rolled back from
         self._pending_status: list[str] = []
         self._state = INIT_MODEM
         self._led = False
@@ -150,12 +156,14 @@ class Firmware:
             await asyncio.sleep(BOOT_LOOP_S)  # bootloader_reset() after its ROM and flash reads
             return Reset.SW_SYS
         self._say(f"Firmware {boot.app.version} starting")
-        if self._flash.self_test_fails():
+        if self._flash.self_test_fails() and "http_no_rollback" not in self._faults:
             self._say("OTA: self-test failed, rolling back")
             self._flash.rollback()
             self._say("Rebooting...")
             return Reset.SW_CPU
         self._flash.confirm()
+        rolled_back = self._flash.take_rollback()
+        self._rolled_back = rolled_back.version if rolled_back else None
         self._lcd("Booting...")
         reader = self._loop.create_task(self._at.run())
         try:
@@ -219,7 +227,11 @@ class Firmware:
         return False
 
     async def _cmd(
-        self, line: str, data: bytes | None = None, wait_for: str | None = None
+        self,
+        line: str,
+        data: bytes | None = None,
+        wait_for: str | None = None,
+        received: bytearray | None = None,
     ) -> list[str]:
         return await self._at.command(
             line,
@@ -227,6 +239,7 @@ class Firmware:
             data=data,
             wait_for=wait_for,
             result_timeout=self._result_timeout,
+            received=received,
         )
 
     async def _init_modem(self) -> None:
@@ -406,9 +419,15 @@ class Firmware:
 
     async def _running(self) -> str:
         try:
+            if self._rolled_back is not None:
+                rollback = self._profile.http_ota.rollback
+                await self._publish(http_ota.fill(rollback, version=self._rolled_back))
+                self._rolled_back = None
             await self._publish(f"STATUS:ONLINE:{self._flash.running.version}")
             while self._pending_status:
                 await self._publish(self._pending_status.pop(0))
+            if self._http.pending:
+                self._install(await self._http.resume())
             self._lcd("Online")
             await self._serve()
         except (LinkLost, AtError, AtTimeout) as exc:
@@ -475,7 +494,13 @@ class Firmware:
                 raise item
             topic, payload = item
             if topic == self._profile.mqtt.firmware_topic:
-                chunks.append(payload)
+                url = self._http.requested(payload)
+                if url is None:
+                    chunks.append(payload)
+                    continue
+                await self._ota_batch(chunks)
+                chunks = []
+                self._install(await self._http.update(url))
                 continue
             await self._ota_batch(chunks)
             chunks = []
@@ -521,6 +546,16 @@ class Firmware:
         self._lcd(self._echo.lcd_text(answer.plaintext))
         self._led = not self._led
         self._say(f"LED: {'ON' if self._led else 'OFF'}")
+
+    def _running_version(self) -> str:
+        return self._flash.running.version
+
+    def _install(self, image: bytes | None) -> None:
+        """Write a verified HTTP OTA image to the other slot and restart into it."""
+        if image is not None:
+            self._flash.stage(image)
+            self._say("Rebooting...")
+            raise Restart
 
     async def _ota_step(self, step: Step) -> None:
         for line in step.console:

@@ -190,6 +190,7 @@ class Flash:
         self.running = App(version, DEFAULT_PROJECT)
         self.slot = 0
         self._clock_ms = 0
+        self._rolled_back: App | None = None
 
     def close(self) -> None:
         """Give the flash file up for another twin; safe to call more than once."""
@@ -312,3 +313,11 @@ class Flash:
         index = self._running_entry()
         if index is not None:
             self._write_entry(index, self._entry(index).seq, INVALID)
+            self._rolled_back = self.running
+
+    def take_rollback(self) -> App | None:
+        """The app rolled back from since the last call: what the app that runs again learns
+        from esp_ota_get_last_invalid_partition, to report it once (a flag the reference
+        firmware keeps in NVS; the twin keeps it while it runs)."""
+        app, self._rolled_back = self._rolled_back, None
+        return app

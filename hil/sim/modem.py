@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from hil.sim.at import AtSyntaxError, Command, parse
 from hil.sim.link import Link
+from hil.sim.modem_http import HTTP_HANDLERS, HttpService
 from hil.sim.mqtt_bridge import BrokerSession, ConnectParams, close_silent_sessions
 from hil.sim.tls import FILES, NUMBERS, TlsSettings
 from hil.sim.uart import UartEnd
@@ -62,7 +63,7 @@ class MqttClient:
     connecting: bool = False
 
 
-class Sim7600:
+class Sim7600(HttpService):
     """The module: power, boot, registration, and the AT interpreter on its UART end."""
 
     def __init__(
@@ -93,6 +94,7 @@ class Sim7600:
         self.clients: dict[int, MqttClient] = {}
         self._buffer = bytearray()
         self._data_wanted: tuple[int, Callable[[bytes], None]] | None = None
+        self._http_reset()
 
     # -- power --------------------------------------------------------------------------------
 
@@ -682,4 +684,5 @@ _HANDLERS: dict[str, Callable[[Sim7600, Command], None]] = {
     "+CMQTTSUB": Sim7600.cmqttsub,
     "+CMQTTUNSUBTOPIC": Sim7600.cmqttunsubtopic,
     "+CMQTTUNSUB": Sim7600.cmqttunsub,
+    **HTTP_HANDLERS,
 }

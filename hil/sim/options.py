@@ -24,6 +24,10 @@ FAULTS = (
     "no_resubscribe",
     "mqtt_v31",
     "crash_on_bad_base64",
+    "http_no_version_check",
+    "http_no_verify",
+    "http_no_resume",
+    "http_no_rollback",
     "no_sni",
     "tls_no_verify",
 )
