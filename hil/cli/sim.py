@@ -254,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.broker:
             _broker(args.broker)
         profile = _profile(args.profile)
-        if options.transport == "raw-tcp" and (why := refusal(profile)):
-            raise ValueError(why)
         tls = _credentials(args)
+        if options.transport == "raw-tcp" and (why := refusal(profile, tls is not None)):
+            raise ValueError(why)
         asyncio.run(_serve(args, options, profile, tls))
     except (ValueError, schema.ConfigError) as exc:
         print(f"hil sim: {exc}", file=sys.stderr)

@@ -39,9 +39,14 @@ READ_SIZE = 1460  # AT+CIPRXGET=2's largest length
 PINGRESP_WAIT = 0.5  # of a keepalive
 
 
-def refusal(profile: DeviceProfile) -> str | None:
-    """Why this firmware cannot serve `profile`, in one sentence; None if it can."""
+def refusal(profile: DeviceProfile, tls: bool = False) -> str | None:
+    """Why this firmware cannot serve `profile` (or a TLS broker), in one sentence; None if
+    it can."""
     mqtt = profile.mqtt
+    if tls:
+        return (
+            'transport "raw-tcp" frames MQTT over plain TCP; a TLS broker needs transport "cmqtt"'
+        )
     if mqtt.protocol_level not in mqtt_frames.PROTOCOL_NAMES:
         return (
             f'transport "raw-tcp" speaks MQTT 3.1 and 3.1.1; profile mqtt.protocol_level '

@@ -65,7 +65,7 @@ class TwinProcess:
             raise RuntimeError("twin already started; stop() it first")
         if tls is not None and tls.ca is None:
             raise ValueError("a twin over TLS needs the CA that signed the broker's certificate")
-        if options.transport == "raw-tcp" and (why := refusal(profile)):
+        if options.transport == "raw-tcp" and (why := refusal(profile, tls is not None)):
             raise ValueError(f"[sim] {why}")
         dir.mkdir(parents=True, exist_ok=True)
         profile_path = dir / "profile.json"

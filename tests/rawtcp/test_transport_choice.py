@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hil import schema
+from hil.broker import TlsFiles
 from hil.cli.sim import main as sim_main
 from hil.profile import load_profile
 from hil.rig import load_rig
@@ -57,3 +58,19 @@ def test_a_profile_raw_tcp_cannot_serve_is_refused_before_the_twin_starts(
     path.write_text(json.dumps(schema.dump(profile)))
     assert sim_main(["--transport", "raw-tcp", "--profile", str(path)]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one line, naming the setting
+
+
+def test_a_tls_broker_is_refused_on_raw_tcp(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    twin = TwinProcess()
+    with pytest.raises(ValueError, match=r'plain TCP; a TLS broker needs transport "cmqtt"'):
+        twin.start(
+            tmp_path / "twin",
+            "127.0.0.1:1",
+            load_profile(),
+            SimOptions(transport="raw-tcp"),
+            tls=TlsFiles(ca=ca),
+        )
+    assert not (tmp_path / "twin").exists()
+    assert sim_main(["--transport", "raw-tcp", "--ca", str(ca)]) == 2
