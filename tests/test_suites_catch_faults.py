@@ -32,6 +32,12 @@ CATCHES = {
     "no_recovery": ["test_recovery.py::test_recovers_after_power_cut[short]"],
     "no_resubscribe": ["test_recovery.py::test_recovers_after_power_cut[medium]"],
     "mqtt_v31": ["test_broker_protocol.py::test_device_connects_with_the_profiles_mqtt_version"],
+    "http_no_version_check": ["test_http_ota.py::test_a_version_not_newer_is_refused_naming_both"],
+    "http_no_verify": [
+        "test_http_ota.py::test_a_corrupted_download_is_refused_and_the_old_version_runs"
+    ],
+    "http_no_resume": ["test_http_ota.py::test_a_cut_download_resumes_from_the_byte_it_had"],
+    "http_no_rollback": ["test_http_ota.py::test_an_image_failing_its_self_test_is_rolled_back"],
 }
 
 
