@@ -38,6 +38,7 @@ CAPABILITY_HINTS = {
     "power": "it has no [power] table",
     "board_power": "it has no [board_power] table",
     "broker_log": "its broker driver does not report client connections (use mosquitto)",
+    "proxy": "its [broker] has no proxy = true",
     "http_ota": "its profile does not declare HTTP OTA ([profile.http_ota] enabled = true)",
 }
 
@@ -72,7 +73,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hil: a test that runs against a rig (hardware or twin)")
     config.addinivalue_line(
-        "markers", "needs(capability): skip unless the rig has it (power, broker_log)"
+        "markers", "needs(capability): skip unless the rig has it (power, broker_log, proxy)"
     )
     registered = {line.split(":")[0].strip() for line in config.getini("markers")}
     for name, text in SUITE_MARKERS.items():

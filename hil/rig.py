@@ -23,6 +23,8 @@ from hil.firmware.options import FirmwareOptions, load_firmware_table
 from hil.lab import LabgridOptions, load_options, resource_names
 from hil.power import CommonPowerOptions
 from hil.profile import DeviceProfile, load_profile
+from hil.proxy.options import KEYS as PROXY_KEYS
+from hil.proxy.options import ProxyOptions, load_proxy_options
 from hil.schema import ConfigError
 from hil.sim.options import SimOptions, load_sim_table
 
@@ -82,6 +84,7 @@ class Rig:
     boot_strap: DriverConfig | None = None  # holds GPIO0 low, for the chip's serial loader
     boot_strap_common: CommonPowerOptions = field(default_factory=CommonPowerOptions)
     firmware: FirmwareOptions | None = None  # the firmware under test and how it is written
+    proxy: ProxyOptions | None = None  # [broker] proxy = true: the MQTT proxy in between
 
     @property
     def reset_means(self) -> list[str]:
@@ -172,6 +175,8 @@ class Rig:
                 "STATUS:ONLINE, if the broker holds one"
             )
         lines.append(f"  broker:  {self.broker.name} {_options_text(self.broker.options)}")
+        if self.proxy:
+            lines.append(f"  proxy:   MQTT proxy for the device on {self.proxy.text}")
         lines.append(f"  profile: {self.profile.name}")
         if self.sim:
             faults = ", ".join(self.sim.faults) or "none"
@@ -274,10 +279,10 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     tables = {k: v for k, v in data.items() if k in SECTIONS and isinstance(v, dict)}
     rig_dir = path.parent
 
-    def driver(section: str) -> DriverConfig | None:
+    def driver(section: str, extra: tuple[str, ...] = ()) -> DriverConfig | None:
         if section not in tables:
             return None
-        return _attempt(errors, None, lambda: _driver(section, tables[section], rig_dir)[0])
+        return _attempt(errors, None, lambda: _driver(section, tables[section], rig_dir, extra)[0])
 
     def required(section: str, what: str) -> None:
         if section not in data:
@@ -302,7 +307,8 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     if "firmware" in tables:
         firmware = _attempt(errors, None, lambda: load_firmware_table(tables["firmware"], rig_dir))
     required("broker", ' (driver = "auto" spawns one for the session)')
-    broker = driver("broker")
+    broker = driver("broker", PROXY_KEYS)  # the proxy's keys are common to every driver
+    proxy = _attempt(errors, None, lambda: load_proxy_options(tables.get("broker", {})))
     profile = _attempt(errors, None, lambda: _profile(tables))
     lab = None
     if "labgrid" in tables:
@@ -333,6 +339,8 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         caps.add("board_power")
     if getattr(broker.cls, "reports_connections", False):
         caps.add("broker_log")
+    if proxy:
+        caps.add("proxy")
     if profile.http_ota.enabled:
         caps.add("http_ota")
     return Rig(
@@ -352,6 +360,7 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         boot_strap=boot_strap,
         boot_strap_common=strap_common,
         firmware=firmware,
+        proxy=proxy,
     )
 
 

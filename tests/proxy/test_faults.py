@@ -1,0 +1,272 @@
+"""Each fault kind against a real mosquitto and real clients: what the client saw (paho's own
+callbacks, mosquitto_pub's exit and message) and what the broker saw (mosquitto's log)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from hil.proxy import MqttProxy
+from tests.proxy.conftest import Client, Mosquitto, mosquitto_pub, needs_mosquitto, wait_log
+from tests.waiting import until
+
+pytestmark = needs_mosquitto
+
+
+def connected(proxy: MqttProxy, clients: list[Client], client_id: str, **options) -> Client:
+    client = Client(proxy.endpoint, client_id, **options)
+    clients.append(client)
+    assert not client.connect().is_failure
+    return client
+
+
+def direct(broker: Mosquitto, clients: list[Client], client_id: str, **options) -> Client:
+    """A client that reaches the broker without the proxy: the other end of a test."""
+    client = Client((broker.endpoint.host, broker.endpoint.port), client_id, **options)
+    clients.append(client)
+    assert not client.connect().is_failure
+    return client
+
+
+def test_drop_closes_the_connection_at_once_on_both_sides(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    client = connected(proxy, clients, "dropped")
+    assert proxy.drop() == 1
+    assert client.disconnected.wait(2), "the client did not notice its connection closing"
+    wait_log(broker, r"Client dropped closed its connection")
+    assert proxy.events[-1] | {"time": 0} == {
+        "time": 0,
+        "conn": 1,
+        "event": "close",
+        "by": "proxy",
+        "reason": "dropped (fault)",
+    }
+    assert not proxy.connections
+
+
+def test_blackhole_is_found_by_the_clients_keepalive_not_by_a_close(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    keepalive = 2
+    client = connected(proxy, clients, "silent", keepalive=keepalive)
+    proxy.blackhole(True)
+    start = time.monotonic()
+    time.sleep(keepalive * 0.75)  # within the keepalive nobody may have noticed anything
+    [held] = proxy.connections
+    assert held.device_open and held.broker_open and not client.disconnected.is_set()
+    # paho pings after a keepalive of silence and gives up a keepalive later without an answer
+    assert client.disconnected.wait(keepalive * 2.5 + 1 - (time.monotonic() - start))
+    detected = time.monotonic() - start
+    assert keepalive <= detected <= keepalive * 2.5 + 1, f"paho gave up after {detected:.1f} s"
+    assert "Keep alive timeout" in str(client.disconnect_reason)
+    lost = [f["type"] for f in proxy.frames if f.get("fault") == "blackhole"]
+    assert "PINGREQ" in lost, f"the client's ping should have been swallowed: {lost}"
+    # the broker hears nothing of it, as across a dead radio link
+    until(
+        lambda: [c for c in proxy.connections if not c.device_open and c.broker_open],
+        2,
+        "the device's side closed while the broker's stays open",
+    )
+    assert not broker.lines(r"Client silent (closed its connection|has exceeded timeout)")
+    proxy.blackhole(False)
+    until(lambda: not proxy.connections, 2, "the proxy closing the broker's side")
+
+
+def test_a_side_that_closes_in_a_blackhole_is_held_open_on_the_other(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    client = connected(proxy, clients, "leaving")
+    proxy.blackhole(True)
+    client.close()
+    until(
+        lambda: [c for c in proxy.connections if not c.device_open and c.broker_open],
+        2,
+        "the device's side closed while the broker's stays open",
+    )
+    assert not broker.lines(r"Client leaving (closed its connection|disconnected)")
+    proxy.blackhole(False)
+    wait_log(broker, r"Client leaving closed its connection", 2)
+    assert not broker.lines(r"Received DISCONNECT from leaving")  # it went into the blackhole
+
+
+def test_delay_holds_every_packet_in_order(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    listener = direct(broker, clients, "listener")
+    listener.subscribe("delay/#")
+    device = connected(proxy, clients, "slow")
+    proxy.delay(0.4)
+    start = time.monotonic()
+    infos = [device.publish(f"delay/{n}", str(n), qos=1) for n in range(5)]
+    for info in infos:
+        info.wait_for_publish(5)
+    acked = time.monotonic() - start
+    assert acked >= 0.8, f"PUBLISH up and PUBACK down should take 2 x 0.4 s, took {acked:.2f}"
+    assert [listener.message().topic for _ in range(5)] == [f"delay/{n}" for n in range(5)]
+    proxy.delay(0)
+    start = time.monotonic()
+    device.publish("delay/fast", "x", qos=1).wait_for_publish(5)
+    assert time.monotonic() - start < 0.4
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_drop_publish_drops_only_the_chosen_topic(
+    direction: str, proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    device = connected(proxy, clients, f"dropper-{direction}")
+    other = direct(broker, clients, f"other-{direction}")
+    sender, receiver = (device, other) if direction == "up" else (other, device)
+    receiver.subscribe("cmd/#", qos=0)
+    proxy.drop_publish("cmd/lost", direction=direction, count=2)
+    for topic in ("cmd/lost", "cmd/kept", "cmd/lost", "cmd/lost"):
+        sender.publish(topic, topic, qos=0)
+    got = [receiver.message().topic for _ in range(2)]
+    assert got == ["cmd/kept", "cmd/lost"], "two dropped, then the rule is used up"
+    assert receiver.no_message(0.3)
+    dropped = [f for f in proxy.frames if f.get("fault") == "drop"]
+    assert [(f["direction"], f["topic"]) for f in dropped] == [(direction, "cmd/lost")] * 2
+
+
+def test_delay_publish_is_overtaken_by_the_others(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    listener = direct(broker, clients, "watcher")
+    listener.subscribe("ota/#")
+    device = connected(proxy, clients, "delayer")
+    proxy.delay_publish(0.6, topic="ota/late")
+    start = time.monotonic()
+    device.publish("ota/late", "1", qos=1)
+    device.publish("ota/early", "2", qos=1)
+    assert listener.message().topic == "ota/early"
+    assert listener.message().topic == "ota/late"
+    assert time.monotonic() - start >= 0.6
+
+
+def test_drop_puback_up_leaves_the_broker_waiting_and_it_resends_on_reconnect(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    device = connected(proxy, clients, "forgetful", clean=False)
+    device.subscribe("firmware/update", qos=1)
+    proxy.drop_puback(direction="up")
+    send_direct(broker, "firmware/update", "c0")
+    first = device.message()
+    assert not first.dup
+    wait_log(broker, r"Sending PUBLISH to forgetful")
+    assert not broker.lines(r"Received PUBACK from forgetful")
+    device.close()
+    again = connected(proxy, clients, "forgetful", clean=False)
+    resent = again.message()
+    assert (resent.payload, resent.dup, resent.mid) == (b"c0", True, first.mid)
+    wait_log(broker, r"Received PUBACK from forgetful")
+    again.paho.unsubscribe("firmware/update")
+
+
+def test_drop_puback_down_leaves_the_publish_unacknowledged(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    device = connected(proxy, clients, "waiting")
+    proxy.drop_puback(direction="down")
+    info = device.publish("esp32_status", "OTA:PROGRESS:1/2", qos=1)
+    wait_log(broker, r"Sending PUBACK to waiting")
+    info.wait_for_publish(0.5)
+    assert not info.is_published()
+    device.publish("esp32_status", "next", qos=1).wait_for_publish(5)
+
+
+def test_delay_puback_delays_the_acknowledgement(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    device = connected(proxy, clients, "patient")
+    proxy.delay_puback(0.5, direction="down")
+    start = time.monotonic()
+    device.publish("esp32_status", "x", qos=1).wait_for_publish(5)
+    assert time.monotonic() - start >= 0.5
+    start = time.monotonic()
+    device.publish("esp32_status", "y", qos=1).wait_for_publish(5)
+    assert time.monotonic() - start < 0.5
+
+
+def test_redeliver_sends_the_publish_again_with_dup_and_keeps_the_broker_out_of_it(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    device = connected(proxy, clients, "twice")
+    device.subscribe("server_cmd", qos=1)
+    send_direct(broker, "server_cmd", "once")
+    first = device.message()
+    wait_log(broker, r"Received PUBACK from twice")
+    assert proxy.redeliver("server_cmd") == 1
+    second = device.message()
+    assert (first.payload, first.dup) == (b"once", False)
+    assert (second.payload, second.dup, second.mid) == (b"once", True, first.mid)
+    until(
+        lambda: [f for f in proxy.frames if f.get("fault") == "absorbed"],
+        2,
+        "the device's PUBACK for the copy kept from the broker",
+    )
+    assert len(broker.lines(r"Received PUBACK from twice")) == 1
+    with pytest.raises(LookupError, match="no QoS 1 PUBLISH on 'nothing/here'"):
+        proxy.redeliver("nothing/here")
+
+
+def test_refuse_connects_answers_the_code_twice_then_lets_the_client_in(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    proxy.refuse_connects(2, 5)
+    address = proxy.endpoint
+    for _ in range(2):
+        refused = mosquitto_pub(address, "-i", "refused", "-t", "t", "-m", "m")
+        assert refused.returncode != 0
+        assert "not authorised" in refused.stderr.lower(), refused.stderr
+    accepted = mosquitto_pub(address, "-i", "refused", "-t", "t", "-m", "m")
+    assert accepted.returncode == 0, accepted.stderr
+    assert len(broker.lines(r"New client connected from \S+ as refused ")) == 1
+    assert [e["event"] for e in proxy.events].count("open") == 3
+    assert len(proxy.connects) == 3
+    codes = [f["return_code"] for f in proxy.frames if f["type"] == "CONNACK"]
+    assert codes == [5, 5, 0]
+
+
+def test_refuse_connects_speaks_mqtt5_reason_codes_to_an_mqtt5_client(
+    proxy: MqttProxy, clients: list[Client]
+) -> None:
+    proxy.refuse_connects(1, 5)
+    client = Client(proxy.endpoint, "v5", level=5)
+    clients.append(client)
+    reason = client.connect()
+    assert reason.is_failure and str(reason) == "Not authorized" and reason.value == 0x87
+
+
+def test_clear_undoes_every_fault(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    proxy.refuse_connects(1, 5)
+    proxy.delay(5)
+    proxy.drop_publish()
+    proxy.clear()
+    device = connected(proxy, clients, "cleared")
+    start = time.monotonic()
+    device.publish("t", "x", qos=1).wait_for_publish(2)
+    assert time.monotonic() - start < 1
+
+
+@pytest.mark.parametrize(
+    ("call", "problem"),
+    [
+        (lambda p: p.refuse_connects(1, 0), "refuses nothing"),
+        (lambda p: p.drop_publish(direction="sideways"), "direction 'sideways'"),
+        (lambda p: p.drop_puback(count=0), "count 0"),
+        (lambda p: p.delay(-1), "0 or more"),
+    ],
+)
+def test_a_fault_that_makes_no_sense_is_refused(call, problem: str, proxy: MqttProxy) -> None:
+    with pytest.raises(ValueError, match=problem):
+        call(proxy)
+
+
+def send_direct(broker: Mosquitto, topic: str, payload: str) -> None:
+    """Publish at QoS 1 with mosquitto_pub, straight to the broker."""
+    address = (broker.endpoint.host, broker.endpoint.port)
+    done = mosquitto_pub(address, "-t", topic, "-m", payload, "-q", "1")
+    assert done.returncode == 0, done.stderr
