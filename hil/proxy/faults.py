@@ -1,13 +1,15 @@
 """What the proxy does to traffic now: the fault plan, set from any thread, read per packet.
 
-Link-wide faults (a blackhole, a delay on everything) hold until changed; packet faults (drop
-or delay the next N PUBLISHes on a topic, or PUBACKs) use themselves up. Refusals answer the
-next CONNECTs. `clear()` goes back to forwarding everything as it comes.
+Link-wide faults (a blackhole, a delay on everything, a loss rate of PUBLISHes) hold until
+changed; packet faults (drop or delay the next N PUBLISHes on a topic, or PUBACKs) use
+themselves up. Refusals answer the next CONNECTs. `clear()` goes back to forwarding everything
+as it comes.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import threading
 from dataclasses import dataclass
 
@@ -30,6 +32,23 @@ class _Rule:
         return self.topic is None or topic_matches(self.topic, packet.fields["topic"])
 
 
+@dataclass
+class _Loss:
+    """A lossy link for PUBLISHes: each one it meets is dropped with probability `rate`."""
+
+    direction: str
+    topic: str | None
+    rate: float
+    draw: random.Random
+
+    def drops(self, packet: Packet, direction: str) -> bool:
+        if packet.type is not PacketType.PUBLISH or direction != self.direction:
+            return False
+        if self.topic is not None and not topic_matches(self.topic, packet.fields["topic"]):
+            return False
+        return self.draw.random() < self.rate
+
+
 @dataclass(frozen=True)
 class Verdict:
     """For one packet: forward it after `delay_s` more seconds, or drop it (`fault` says why)."""
@@ -50,6 +69,7 @@ class ProxyFaults:
         self._blackhole = False
         self._delay_s = 0.0
         self._rules: list[_Rule] = []
+        self._losses: list[_Loss] = []
         self._refusals: list[int] = []
 
     @property
@@ -78,6 +98,25 @@ class ProxyFaults:
         _check_seconds(seconds)
         self._add(PacketType.PUBLISH, direction, topic, float(seconds), count)
 
+    def drop_publish_rate(
+        self,
+        rate: float,
+        topic: str | None = None,
+        direction: str = "down",
+        seed: int | None = None,
+    ) -> None:
+        """Drop each PUBLISH going `direction` (on `topic`) with probability `rate`, until
+        cleared; the same `seed` drops the same packets of the same traffic. Rate 0 ends it."""
+        _check_direction(direction)
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ValueError(f"rate {rate!r}: give the share of PUBLISHes to drop, 0 to 1")
+        with self._lock:
+            self._losses = [
+                loss for loss in self._losses if (loss.direction, loss.topic) != (direction, topic)
+            ]
+            if rate:
+                self._losses.append(_Loss(direction, topic, float(rate), random.Random(seed)))
+
     def drop_puback(self, direction: str = "up", count: int = 1) -> None:
         self._add(PacketType.PUBACK, direction, None, None, count)
 
@@ -102,6 +141,7 @@ class ProxyFaults:
             self._blackhole = False
             self._delay_s = 0.0
             self._rules.clear()
+            self._losses.clear()
             self._refusals.clear()
 
     def take_refusal(self) -> int | None:
@@ -120,6 +160,8 @@ class ProxyFaults:
                     if rule.delay_s is None:
                         return Verdict(drop=True, fault="drop")
                     return Verdict(delay_s=rule.delay_s, fault="delay")
+            if any(loss.drops(packet, direction) for loss in self._losses):
+                return Verdict(drop=True, fault="loss")
             return FORWARD
 
     def _add(
@@ -130,14 +172,18 @@ class ProxyFaults:
         delay_s: float | None,
         count: int,
     ) -> None:
-        if direction not in DIRECTIONS:
-            raise ValueError(
-                f"direction {direction!r}: give 'up' (device to broker) or 'down' (to the device)"
-            )
+        _check_direction(direction)
         _check_count(count)
         with self._lock:
             self._rules = [r for r in self._rules if r.left > 0]
             self._rules.append(_Rule(kind, direction, topic, delay_s, count))
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in DIRECTIONS:
+        raise ValueError(
+            f"direction {direction!r}: give 'up' (device to broker) or 'down' (to the device)"
+        )
 
 
 def _check_count(count: int) -> None:

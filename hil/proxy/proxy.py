@@ -613,6 +613,17 @@ class MqttProxy:
         """Hold the next `count` PUBLISHes going `direction` `seconds`; others overtake them."""
         self.faults.delay_publish(seconds, topic, direction, count)
 
+    def drop_publish_rate(
+        self,
+        rate: float,
+        topic: str | None = None,
+        direction: str = "down",
+        seed: int | None = None,
+    ) -> None:
+        """A lossy link: drop each PUBLISH going `direction` (on `topic`) with probability
+        `rate` until cleared (rate 0 ends it); a `seed` makes the losses repeat run to run."""
+        self.faults.drop_publish_rate(rate, topic, direction, seed)
+
     def drop_puback(self, direction: str = "up", count: int = 1) -> None:
         self.faults.drop_puback(direction, count)
 

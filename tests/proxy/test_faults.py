@@ -129,6 +129,41 @@ def test_drop_publish_drops_only_the_chosen_topic(
     assert [(f["direction"], f["topic"]) for f in dropped] == [(direction, "cmd/lost")] * 2
 
 
+def lossy_run(proxy: MqttProxy, broker: Mosquitto, clients: list[Client], run: int) -> list[str]:
+    """200 PUBLISHes on loss/... and 20 on kept/... to a subscriber behind a proxy losing a
+    quarter of those on loss/#; what it got, up to the end mark sent last on kept/."""
+    device = connected(proxy, clients, f"lossy-{run}")
+    device.subscribe("loss/#", qos=0)
+    device.subscribe("kept/#", qos=0)
+    sender = direct(broker, clients, f"lossy-sender-{run}")
+    proxy.drop_publish_rate(0.25, topic="loss/#", seed=7)
+    for n in range(200):
+        sender.publish(f"loss/{n}", str(n), qos=0)
+        if n % 10 == 0:
+            sender.publish(f"kept/{n}", str(n), qos=0)
+    sender.publish("kept/end", "end", qos=0)
+    got = []
+    while (topic := device.message().topic) != "kept/end":
+        got.append(topic)
+    proxy.clear()
+    device.close()  # the next run's draws are for its subscriber alone
+    return got
+
+
+def test_drop_publish_rate_loses_that_share_of_the_chosen_topic_the_same_for_a_seed(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    first = lossy_run(proxy, broker, clients, 1)
+    assert [t for t in first if t.startswith("kept/")] == [f"kept/{n}" for n in range(0, 200, 10)]
+    kept = [t for t in first if t.startswith("loss/")]
+    lost = [f for f in proxy.frames if f.get("fault") == "loss"]
+    assert len(kept) + len(lost) == 200
+    assert {f["direction"] for f in lost} == {"down"}
+    assert {f["topic"] for f in lost}.isdisjoint(kept)
+    assert 25 <= len(lost) <= 75, f"a rate of 0.25 lost {len(lost)} of 200"  # mean 50, sd 6
+    assert lossy_run(proxy, broker, clients, 2) == first, "the same seed, the same losses"
+
+
 def test_delay_publish_is_overtaken_by_the_others(
     proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
 ) -> None:
@@ -258,6 +293,8 @@ def test_clear_undoes_every_fault(
         (lambda p: p.drop_publish(direction="sideways"), "direction 'sideways'"),
         (lambda p: p.drop_puback(count=0), "count 0"),
         (lambda p: p.delay(-1), "0 or more"),
+        (lambda p: p.drop_publish_rate(1.5), "rate 1.5"),
+        (lambda p: p.drop_publish_rate(0.1, direction="in"), "direction 'in'"),
     ],
 )
 def test_a_fault_that_makes_no_sense_is_refused(call, problem: str, proxy: MqttProxy) -> None:
