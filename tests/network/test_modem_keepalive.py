@@ -13,15 +13,8 @@ import pytest
 
 from hil.broker import BrokerEndpoint
 from hil.broker.mosquitto import MosquittoBroker, MosquittoOptions
-from hil.sim.atclient import AtClient, AtTimeout
-from hil.sim.link import Link
-from hil.sim.modem import Sim7600
-from hil.sim.uart import uart_pair
+from tests.network.modem import mqtt_ready_modem
 
-TIME_SCALE = 0.01
-AT_TIMEOUT_S = 1.0
-RESULT_TIMEOUT_S = 10.0
-REGISTER_S = 5.0
 KEEPALIVE_S = 2
 PINGREQ = b"\xc0\x00"
 SLACK_S = 0.5  # the module's check interval and a loaded runner's scheduling, on top
@@ -70,43 +63,6 @@ class DeadZone:
             server.close()
 
 
-@contextlib.asynccontextmanager
-async def connected_modem(port: int, urcs: list[tuple[float, str]]) -> AsyncIterator[None]:
-    """A registered modem whose client 0 is connected with KEEPALIVE_S; URCs with their times."""
-    esp, modem_end = uart_pair()
-    modem = Sim7600(modem_end, Link(), TIME_SCALE)
-    at = AtClient(esp, lambda line: urcs.append((time.monotonic(), line)), lambda t, p: None)
-    tasks = [asyncio.create_task(modem.run()), asyncio.create_task(at.run())]
-    await modem.set_power(True)
-
-    async def cmd(line: str, wait_for: str | None = None) -> str:
-        lines = await at.command(line, AT_TIMEOUT_S, None, wait_for, RESULT_TIMEOUT_S)
-        return lines[-1] if lines else ""
-
-    try:
-        deadline = time.monotonic() + REGISTER_S
-        while await _registered(cmd) is False:
-            assert time.monotonic() < deadline, f"modem not registered within {REGISTER_S} s"
-        await cmd("ATE0")
-        await cmd("AT+CMQTTSTART", wait_for="+CMQTTSTART:")
-        await cmd('AT+CMQTTACCQ=0,"keepalive-probe",0')
-        await cmd('AT+CMQTTCFG="version",0,4')
-        connect = f'AT+CMQTTCONNECT=0,"tcp://127.0.0.1:{port}",{KEEPALIVE_S},1'
-        assert await cmd(connect, wait_for="+CMQTTCONNECT:") == "+CMQTTCONNECT: 0,0"
-        yield
-    finally:
-        await modem.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _registered(cmd) -> bool:
-    with contextlib.suppress(AtTimeout):  # booting: the module hears nothing yet
-        return await cmd("AT+CREG?") == "+CREG: 0,1"
-    return False
-
-
 def lost(urcs: list[tuple[float, str]]) -> list[tuple[float, str]]:
     return [(at, line) for at, line in urcs if line.startswith("+CMQTTCONNLOST:")]
 
@@ -115,7 +71,9 @@ async def test_pings_keep_a_quiet_link_up_and_a_dead_one_is_given_up(
     mosquitto: BrokerEndpoint,
 ) -> None:
     zone, urcs = DeadZone(), []
-    async with zone.serve(mosquitto) as port, connected_modem(port, urcs):
+    async with zone.serve(mosquitto) as port, mqtt_ready_modem(urcs) as cmd:
+        connect = f'AT+CMQTTCONNECT=0,"tcp://127.0.0.1:{port}",{KEEPALIVE_S},1'
+        assert await cmd(connect, wait_for="+CMQTTCONNECT:") == "+CMQTTCONNECT: 0,0"
         await asyncio.sleep(2 * KEEPALIVE_S)  # two keepalives with nothing to say
         assert not lost(urcs), f"a live link was given up: {lost(urcs)}"
         zone.dead = True
