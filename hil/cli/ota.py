@@ -1,11 +1,11 @@
-"""`hil ota push FIRMWARE --rig R`: deliver a firmware image to a rig's device over MQTT;
-`hil ota serve IMAGE`: serve one over HTTP(S) for a device that downloads it itself.
+"""`hil ota`: push a firmware image to a rig's device over MQTT, or serve one over HTTP(S).
 
-`push` takes the suites' path (RigSession, MqttRecorder, Dut.ota), so a build pushed by hand goes
-through the same sender the tests prove. The file is verified before anything is brought up,
-the device's version is checked so a push is never a silent no-op, and the rig is always given
-back, also on Ctrl-C. `serve` runs the suites' image server (range requests, /version) until
-Ctrl-C or SIGTERM, one line per request.
+`hil ota push FIRMWARE --rig R` takes the suites' path (RigSession, MqttRecorder, Dut.ota), so
+a build pushed by hand goes through the same sender the tests prove. The file is verified
+before anything is brought up, the device's version is checked so a push is never a silent
+no-op, and the rig is always given back, also on Ctrl-C. `hil ota serve IMAGE` runs the
+suites' image server for a device that downloads its update itself (HTTP OTA: range requests,
+/version) until Ctrl-C or SIGTERM, one line per request.
 """
 
 from __future__ import annotations
