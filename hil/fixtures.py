@@ -10,17 +10,19 @@ rig that cannot do that makes every rig test error with one diagnosis. Registere
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 
 from hil.bringup import DeviceState, RigDown
 from hil.dut import Dut
+from hil.firmware import FIRMWARE_KEY
 from hil.firmware.install import bring_up
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecorder
-from hil.plugin import DEVICE_KEY, MEASUREMENTS_KEY, RIG_KEY, STORE_KEY
+from hil.plugin import DEVICE_KEY, MEASUREMENTS_KEY, POOL_KEY, RIG_KEY, rig_run
+from hil.pool import RigRun
 from hil.protocol.crypto import Cipher
 from hil.rig import Rig
 from hil.schema import ConfigError
@@ -28,46 +30,35 @@ from hil.session import RigSession
 
 
 @pytest.fixture(scope="session")
-def hil_session(request: pytest.FixtureRequest) -> Iterator[RigSession]:
-    """The rig brought up once for the run and given back at its end."""
-    rig = request.config.stash[RIG_KEY]
-    if rig is None:
+def hil_rig(request: pytest.FixtureRequest) -> RigRun:
+    """The rig this test runs on: the run's rig, the one this process claimed from the pool,
+    or under --each-rig the one the test's id names."""
+    pool = request.config.stash.get(POOL_KEY, None)
+    if pool is None:
         raise ConfigError("", "no rig file: pass --rig PATH (for example rigs/sim.toml)")
-    store = request.config.stash[STORE_KEY]
-    session = RigSession(
-        rig,
-        store.root / "_rig",
-        console_sink=store.sink("console.log"),
-        notice=_terminal_notice(request.config),
-    )
-    try:
-        if request.config.getoption("--hil-doctor"):
-            from hil.doctor import check_rig
+    if hasattr(request, "param"):
+        return pool.run(request.param)
+    if pool.spread:
+        claimed = pool.claim(bool(request.config.getoption("--hil-doctor")))
+        if claimed is None:
+            raise RigDown(pool.claim_error)
+        return claimed
+    return pool.run(pool.rigs[0].name)
 
-            check_rig(rig, store.root / "_doctor")
-        session.start()
-    except Exception as exc:  # a rig fault: every rig test errors with this one message
-        raise RigDown(
-            f"rig {rig.name!r} could not be brought up: {type(exc).__name__}: {exc}"
-        ) from exc
+
+@pytest.fixture(scope="session")
+def hil_session(hil_rig: RigRun, request: pytest.FixtureRequest) -> Iterator[RigSession]:
+    """The rig brought up once for the run and given back at its end (under --each-rig, when
+    the tests move on to the next rig)."""
+    pool = request.config.stash[POOL_KEY]
+    if hil_rig.session is None and hil_rig.down is None:
+        pool.open(hil_rig, bool(request.config.getoption("--hil-doctor")))
+    if hil_rig.down is not None:  # a rig fault: every test on it errors with this one message
+        raise RigDown(hil_rig.down)
     try:
-        yield session
+        yield hil_rig.session
     finally:
-        session.close()
-
-
-def _terminal_notice(config: pytest.Config) -> Callable[[str], None] | None:
-    """A line on the terminal at once, past pytest's capture: a place's queue while it waits."""
-    terminal = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-    if terminal is None or capture is None:
-        return None
-
-    def notice(text: str) -> None:
-        with capture.global_and_fixture_disabled():
-            terminal.write_line(text)
-
-    return notice
+        hil_rig.close()
 
 
 @pytest.fixture(scope="session")
@@ -102,13 +93,11 @@ def console(hil_session: RigSession, hil_device: DeviceState):
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def hil_mqtt(
-    hil_session: RigSession, request: pytest.FixtureRequest
-) -> AsyncIterator[MqttRecorder]:
+async def hil_mqtt(hil_session: RigSession, hil_rig: RigRun) -> AsyncIterator[MqttRecorder]:
     """The recorder, subscribed before bring-up restarts the device, so no answer is missed."""
     profile = hil_session.rig.profile
     client = MqttRecorder(hil_session.endpoint, [profile.mqtt.status_topic])
-    client.sink = request.config.stash[STORE_KEY].sink("mqtt.jsonl")
+    client.sink = hil_rig.store.sink("mqtt.jsonl")
     try:
         await client.__aenter__()
     except Exception as exc:
@@ -121,13 +110,17 @@ async def hil_mqtt(
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def hil_device(
-    hil_session: RigSession, hil_mqtt: MqttRecorder, request: pytest.FixtureRequest
+    hil_session: RigSession,
+    hil_mqtt: MqttRecorder,
+    hil_rig: RigRun,
+    request: pytest.FixtureRequest,
 ) -> DeviceState:
     """The device restarted into a known state (or the reason it could not be), running the
     firmware under test when the run names one (`--firmware`)."""
     state = DeviceState(hil_session, hil_mqtt)
-    request.config.stash[DEVICE_KEY] = state
+    request.config.stash[DEVICE_KEY] = hil_rig.device = state
     online = await bring_up(state, request.config)
+    hil_rig.firmware = request.config.stash.get(FIRMWARE_KEY, None)
     if online is not None:
         request.config.hook.pytest_hil_online(
             config=request.config, rig=hil_session.rig, online=online
@@ -145,7 +138,8 @@ def mqtt(hil_mqtt: MqttRecorder, hil_device: DeviceState) -> MqttRecorder:
 @pytest.fixture
 def cipher(request: pytest.FixtureRequest) -> Cipher:
     """The echo cipher of the rig's profile (key and IV may come from the environment)."""
-    rig = request.config.stash[RIG_KEY]
+    run = rig_run(request.node)
+    rig = run.rig if run is not None else request.config.stash[RIG_KEY]
     if rig is None:
         from hil.profile import load_profile
 

@@ -47,12 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the HIL suites (pytest) against a rig",
         add_help=False,
-        usage="hil run [-h] [--rig RIG] [pytest options] [test paths]",
+        usage="hil run [-h] [--rig RIG ...] [pytest options] [test paths]",
         description="Run the HIL suites (test_suites/ beside the rig's repository, else beside "
         "the installed hil) against a rig, or the tests named.",
     )
     run.add_argument("-h", "--help", action="store_true", help="show this, then pytest's help")
-    run.add_argument("--rig", type=Path, default=DEFAULT_RIG, help=f"default {DEFAULT_RIG}")
+    run.add_argument(
+        "--rig",
+        type=Path,
+        action="append",
+        help=f"a rig file or a folder of them; several times for a pool (default {DEFAULT_RIG})",
+    )
     run.set_defaults(func=run_suites, run_help=run.format_help)
 
     crypto = verbs.add_parser("crypto", help="encrypt or decrypt an echo message")
