@@ -32,8 +32,12 @@ def test_every_suite_passes_on_the_raw_tcp_rig(tmp_path: Path) -> None:
     assert run["outcome"] == "passed"
     assert run["rig"]["name"] == "virtual-raw-tcp"
     counts = run["counts"]
-    assert counts["failed"] == counts["error"] == counts["skipped"] == 0, counts
-    assert counts["passed"] == len(run["tests"]) >= 30
+    assert counts["failed"] == counts["error"] == 0, counts
+    assert counts["passed"] >= 30, counts
+    # only suites for what this rig has not (a proxy, TLS) may skip, and say so
+    skipped = [t for t in run["tests"] if t["outcome"] == "skipped"]
+    unexplained = [t["nodeid"] for t in skipped if "lacks it" not in (t["message"] or "")]
+    assert not unexplained, unexplained
     suites = {test["suite"] for test in run["tests"]}
     assert {"test_broker_protocol", "test_echo", "test_ota", "test_recovery"} <= suites
 
