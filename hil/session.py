@@ -25,7 +25,7 @@ from typing import Any
 from hil.broker import BrokerDriver, BrokerEndpoint
 from hil.console import ConsoleBuffer
 from hil.lab import PLACEHOLDER
-from hil.lab.place import PlaceHold
+from hil.lab.place import PlaceHold, wanted_classes
 from hil.lock import RigLock
 from hil.power import PowerDriver
 from hil.reset import ResetDriver
@@ -73,7 +73,7 @@ class RigSession:
         rig = self.rig
         console_port = getattr(rig.console.options, "port", None) or ""
         if rig.labgrid is not None:
-            self.place = PlaceHold(rig.labgrid, rig.lab_resources, self.notice)
+            self.place = PlaceHold(rig.labgrid, wanted_classes(rig), self.notice)
             self._stack.callback(self.place.release)
             self.rig = rig = rig.with_lab_ports(self.place.acquire())
         lock = RigLock(rig.path, rig.name)

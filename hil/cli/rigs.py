@@ -77,9 +77,16 @@ def _place(rig: Rig) -> int:
     """Print what the coordinator says of the rig's place and its ports; the problems seen."""
     if rig.labgrid is None:
         return 0
+    from hil.lab import LabError
     from hil.lab.check import check_place
+    from hil.lab.place import wanted_classes
 
-    lines, problems = check_place(rig.labgrid, rig.lab_resources)
+    try:
+        names = wanted_classes(rig)
+    except LabError as exc:
+        print(f"  place {rig.labgrid.place}: {exc}")
+        return 1
+    lines, problems = check_place(rig.labgrid, names)
     print("\n".join(lines))
     return problems
 

@@ -7,16 +7,21 @@ see is, and so is a machine without labgrid or a coordinator out of reach.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
 from hil.lab import LabError, LabgridOptions
 from hil.lab.client import LabClient, PlaceResource
-from hil.lab.place import SERIAL_CLASS
+from hil.lab.place import CLASSES
 
 
-def check_place(options: LabgridOptions, names: list[str]) -> tuple[list[str], int]:
-    """Lines describing the place and its ports `names`, and how many problems they show."""
+def check_place(
+    options: LabgridOptions, names: Iterable[str] | Mapping[str, str]
+) -> tuple[list[str], int]:
+    """Lines describing the place and its ports `names` (a mapping: with the class each must
+    be), and how many problems they show."""
+    classes = dict(names) if isinstance(names, Mapping) else dict.fromkeys(names)
     client = LabClient(options.coordinator)
     try:
         client.start()
@@ -38,20 +43,22 @@ def check_place(options: LabgridOptions, names: list[str]) -> tuple[list[str], i
     if waiting:
         lines.append(f"    {len(waiting)} run(s) waiting for it")
     problems = 0
-    for name in names:
-        ok, state = _port_state([r for r in resources if r.name == name])
+    for name, wanted in sorted(classes.items()):
+        ok, state = _port_state([r for r in resources if r.name == name], wanted)
         problems += not ok
         lines.append(f"  port {{labgrid:{name}}}: {state}")
     return lines, problems
 
 
-def _port_state(found: list[PlaceResource]) -> tuple[bool, str]:
-    """Whether the resources of one name are one serial port there now, and what they are."""
+def _port_state(found: list[PlaceResource], wanted: str | None) -> tuple[bool, str]:
+    """Whether the resources of one name are one port of the wanted class (else a serial or
+    power port) there now, and what they are."""
     if len(found) != 1:
         return False, f"{len(found)} resources have this name" if found else "NOT IN THE PLACE"
     where = "/".join(found[0].path)
-    if found[0].cls != SERIAL_CLASS:
-        return False, f"{where} is a {found[0].cls}, not a {SERIAL_CLASS}"
+    kinds = (wanted,) if wanted else CLASSES
+    if found[0].cls not in kinds:
+        return False, f"{where} is a {found[0].cls}, not a {' or '.join(kinds)}"
     if not found[0].avail:
         return False, f"{where} NOT AVAILABLE now (is the device plugged in at the exporter?)"
     return True, f"exported as {where}"

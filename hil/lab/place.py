@@ -10,18 +10,22 @@ queue of a run killed while it waited.
 The exporter serves each of the place's serial ports through ser2net only while the place is
 acquired, on a TCP port of its choosing, and on a new port after the device was away (a native
 USB console on every reset). `url(name)` therefore looks the resource up again on every call:
-the remote counterpart of re-matching udev locally.
+the remote counterpart of re-matching udev locally. A place's power ports (NetworkPowerPort: an
+outlet of a networked PDU) are not served; `url(name)` gives their description, which the
+`labgrid` power driver switches through labgrid's own power backends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from hil.lab import LabError, LabgridOptions
+from hil.lab import LabError, LabgridOptions, resource_names
 from hil.lab.client import LabClient, PlaceResource
 from hil.lab.holder import PlaceHolder
 
@@ -30,6 +34,9 @@ SETTLE_S = 20.0  # for the coordinator's resource sync (every 15 s) to free a de
 READY_S = 10.0  # for the exporter to start ser2net for each port once the place is acquired
 READY_POLL_S = 0.1
 SERIAL_CLASS = "NetworkSerialPort"
+POWER_CLASS = "NetworkPowerPort"
+CLASSES = (SERIAL_CLASS, POWER_CLASS)
+POWER_PREFIX = "labgrid-power:"
 
 
 def serial_url(resource: PlaceResource) -> str:
@@ -49,19 +56,53 @@ def serial_url(resource: PlaceResource) -> str:
     return f"rfc2217://{host}:{tcp}?ign_set_control"
 
 
+def power_port(resource: PlaceResource, place: str) -> str:
+    """A NetworkPowerPort as the `labgrid` power driver's port: its name, place and params."""
+    described = {"name": resource.name, "place": place, "params": resource.params}
+    return POWER_PREFIX + json.dumps(described, sort_keys=True)
+
+
+def wanted_classes(rig: Any, sections: Iterable[str] | None = None) -> dict[str, str]:
+    """The class each `{labgrid:NAME}` of the rig (or of its tables `sections`) must be: the
+    one its driver opens (`labgrid_class` on the driver, a serial port unless it says
+    otherwise)."""
+    wanted: dict[str, str] = {}
+    for field in dataclasses.fields(rig):
+        if sections is not None and field.name not in sections:
+            continue
+        config = getattr(rig, field.name)
+        options = getattr(config, "options", None)
+        if not dataclasses.is_dataclass(options):
+            continue
+        cls = getattr(config.cls, "labgrid_class", SERIAL_CLASS)
+        for option in dataclasses.fields(options):
+            value = getattr(options, option.name)
+            for name in resource_names(value) if isinstance(value, str) else []:
+                if wanted.setdefault(name, cls) != cls:
+                    raise LabError(
+                        f"{{labgrid:{name}}} is opened as a {wanted[name]} and as a {cls} "
+                        f"([{field.name}] {option.name}); give each driver a resource of its kind"
+                    )
+    return wanted
+
+
 class PlaceHold:
-    """The rig's place, with the serial ports named `names` (`{labgrid:NAME}` in the rig)."""
+    """The rig's place, with the resources named `names` (`{labgrid:NAME}` in the rig): a
+    mapping gives the class each must be, a plain list takes a serial or a power port."""
 
     def __init__(
         self,
         options: LabgridOptions,
-        names: Iterable[str],
+        names: Iterable[str] | Mapping[str, str],
         notice: Callable[[str], None],
         lock_dir: Any = None,
     ) -> None:
         self.options = options
         self.name = options.place
-        self.names = sorted(set(names))
+        self.classes: dict[str, str | None] = (
+            dict(names) if isinstance(names, Mapping) else dict.fromkeys(names)
+        )
+        self.names = sorted(self.classes)
         self.notice = notice
         self.client = LabClient(options.coordinator)
         self.holder = PlaceHolder(options.coordinator, options.place, lock_dir)
@@ -97,18 +138,21 @@ class PlaceHold:
         return urls
 
     def _check(self, place: Any) -> None:
-        """Every resource the rig names is one serial port of the place."""
+        """Every resource the rig names is one serial or power port of the place, of the class
+        its driver opens."""
         found: dict[str, list[PlaceResource]] = {}
         for resource in self.client.resources(place):
             found.setdefault(resource.name, []).append(resource)
         have = ", ".join(f"{n} ({r[0].cls})" for n, r in sorted(found.items())) or "none"
         for name in self.names:
             matches = found.get(name, [])
+            wanted = self.classes[name]
             if not matches:
+                kind = wanted or SERIAL_CLASS
                 raise LabError(
                     f"place {self.name} has no resource named {name!r} (its resources: {have}); "
                     f"fix {{labgrid:{name}}} in the rig, or name one with `labgrid-client -p "
-                    f"{self.name} add-named-match EXPORTER/GROUP/{SERIAL_CLASS}/RESOURCE {name}`"
+                    f"{self.name} add-named-match EXPORTER/GROUP/{kind}/RESOURCE {name}`"
                 )
             if len(matches) > 1:
                 paths = ", ".join("/".join(r.path) for r in matches)
@@ -116,11 +160,10 @@ class PlaceHold:
                     f"place {self.name} has {len(matches)} resources named {name!r} ({paths}); "
                     "make its matches name one"
                 )
-            if matches[0].cls != SERIAL_CLASS:
+            if matches[0].cls not in ((wanted,) if wanted else CLASSES):
                 raise LabError(
-                    f"resource {name!r} of place {self.name} is a {matches[0].cls}; hil opens "
-                    f"a place's console and relays as serial ports ({SERIAL_CLASS}: a "
-                    "USBSerialPort or RawSerialPort on the exporter)"
+                    f"resource {name!r} of place {self.name} is a {matches[0].cls}; "
+                    + _class_fix(name, wanted)
                 )
 
     def _reclaim(self, place: Any) -> None:
@@ -227,7 +270,8 @@ class PlaceHold:
             time.sleep(READY_POLL_S)
 
     def url(self, name: str) -> str | None:
-        """Where resource `name` is served now; None while the exporter serves it nowhere."""
+        """Where resource `name` is served now (a power port: what it is); None while the
+        exporter serves it nowhere."""
         if self._place is None:
             return None
         try:
@@ -235,8 +279,11 @@ class PlaceHold:
         except LabError:
             return None
         for resource in resources:
-            served = resource.avail and resource.params.get("port")
-            if resource.name == name and resource.acquired == self.name and served:
+            if resource.name != name or resource.acquired != self.name or not resource.avail:
+                continue
+            if resource.cls == POWER_CLASS:
+                return power_port(resource, self.name)
+            if resource.params.get("port"):
                 return serial_url(resource)
         return None
 
@@ -252,3 +299,20 @@ class PlaceHold:
             self._maybe_acquired = False
             self._place = None
             self.client.close()
+
+
+def _class_fix(name: str, wanted: str | None) -> str:
+    if wanted == POWER_CLASS:
+        return (
+            f"the labgrid power driver switches a {POWER_CLASS} (a PDU outlet); for a relay "
+            f'exported as a serial port write driver = "lcus" with port = "{{labgrid:{name}}}"'
+        )
+    if wanted == SERIAL_CLASS:
+        return (
+            f"this driver opens a {SERIAL_CLASS} (a USBSerialPort or RawSerialPort on the "
+            f'exporter); for a {POWER_CLASS} write [power] driver = "labgrid"'
+        )
+    return (
+        f"hil opens a place's console and LCUS relays as {SERIAL_CLASS}s (a USBSerialPort or "
+        f"RawSerialPort on the exporter) and switches its {POWER_CLASS}s"
+    )

@@ -1,0 +1,75 @@
+"""The `labgrid` power driver's rig table, and what it says before any place is acquired."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hil.lab.place import POWER_PREFIX
+from hil.power import CommonPowerOptions, PowerError
+from hil.power.labgrid import LabgridPower, LabgridPowerOptions
+from hil.rig import load_rig
+from hil.schema import ConfigError
+
+RIG = """
+[rig]
+name = "bench-3"
+[labgrid]
+coordinator = "127.0.0.1:9"
+place = "bench-3"
+[console]
+driver = "serial"
+port = "{{labgrid:console}}"
+[power]
+driver = "labgrid"
+port = "{port}"
+[broker]
+driver = "external"
+host = "broker.example"
+"""
+
+
+def write(tmp_path: Path, port: str) -> Path:
+    path = tmp_path / "rig.toml"
+    path.write_text(RIG.format(port=port))
+    return path
+
+
+def test_the_port_must_name_a_place_resource(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_rig(write(tmp_path, "modem-power"))
+    assert str(info.value).endswith(
+        "[power.port] expected {labgrid:NAME}, the name of the place's NetworkPowerPort, "
+        "got 'modem-power'"
+    )
+
+
+def test_a_rig_names_its_power_port_like_its_serial_ports(tmp_path: Path) -> None:
+    rig = load_rig(write(tmp_path, "{labgrid:modem-power}"))
+    assert rig.power is not None and rig.power.cls is LabgridPower
+    assert rig.lab_resources == ["console", "modem-power"]
+
+
+def test_outside_a_place_the_driver_says_how_to_switch_it(tmp_path: Path) -> None:
+    driver = LabgridPower(
+        LabgridPowerOptions("{labgrid:modem-power}"), CommonPowerOptions(), tmp_path
+    )
+    with pytest.raises(PowerError) as info:
+        driver.open()
+    assert "known only while the place is acquired" in str(info.value)
+
+
+def test_a_pdu_url_s_credentials_are_never_shown(tmp_path: Path) -> None:
+    described = {
+        "name": "modem-power",
+        "place": "bench-3",
+        "params": {"model": "simplerest", "host": "http://lab:s3cret@10.0.0.9/o/{index}/{value}"},
+    }
+    port = POWER_PREFIX + json.dumps({**described, "params": {**described["params"], "index": "3"}})
+    driver = LabgridPower(LabgridPowerOptions(port), CommonPowerOptions(), tmp_path)
+    assert driver.describe() == (
+        "labgrid power port modem-power of place bench-3 "
+        "(simplerest http://10.0.0.9/o/{index}/{value} index 3)"
+    )
