@@ -164,11 +164,14 @@ class RawTcpFirmware(Firmware):
         self._lcd("MQTT Connected")
 
     async def _answer(self, future: asyncio.Future, what: str):  # type: ignore[no-untyped-def]
-        """The broker's answer, within the result timeout; a closed connection fails it."""
+        """The broker's answer, within the result timeout; a closed connection fails it (a
+        broker refusing a CONNECT may close before its CONNACK was read)."""
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._result_timeout)
         except TimeoutError:
             raise StepFailed(f"no {what} within {self._result_timeout:.1f} s") from None
+        except LinkLost as exc:
+            raise StepFailed(f"no {what}: {exc}") from None
 
     async def _subscribe(self) -> None:
         mqtt = self._connection()

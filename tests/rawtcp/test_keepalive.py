@@ -1,5 +1,6 @@
-"""The raw-TCP firmware keeps its MQTT connection alive itself: PINGREQ after a keepalive of
-silence, and a PINGRESP that does not come is a dead link, found within 1.5 keepalives.
+"""The raw-TCP firmware keeps its MQTT connection itself: PINGREQ after a keepalive of
+silence, a PINGRESP that does not come is a dead link, found within 1.5 keepalives, and a
+refused CONNECT is tried again.
 
 The broker is played by the test, its frames read by amqtt's parser, so a silent link can be
 made without closing it (the dead zone a keepalive must detect).
@@ -24,6 +25,7 @@ SLACK_S = 1.0  # a shared, busy CPU's lateness for one timer
 RECOVERY_S = 6.0  # from the dead link found to the next CONNECT: modem, bearer, TCP
 TIMEOUT_S = 20.0
 CONNACK, PINGRESP = b"\x20\x02\x00\x00", b"\xd0\x00"
+NOT_AUTHORIZED = b"\x20\x02\x00\x05"  # CONNACK return code 5
 
 
 @dataclass
@@ -39,9 +41,11 @@ class Frame:
 
 
 class Broker:
-    """Answers CONNECT, SUBSCRIBE, QoS 1 PUBLISH and, unless silenced, PINGREQ."""
+    """Answers CONNECT (refusing the first `refuse` ones, then closing, as brokers do),
+    SUBSCRIBE, QoS 1 PUBLISH and, unless silenced, PINGREQ."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: int = 0) -> None:
+        self.refuse = refuse
         self.frames: asyncio.Queue[Frame] = asyncio.Queue()
         self.last_sent = 0.0
         self.last_heard = 0.0
@@ -65,6 +69,8 @@ class Broker:
                     writer.write(answer)
                     await writer.drain()
                     self.last_sent = loop.time()
+                if answer == NOT_AUTHORIZED:
+                    break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -73,7 +79,8 @@ class Broker:
     def _answer(self, packet: MQTTPacket) -> bytes:
         kind = type(packet).__name__
         if kind == "ConnectPacket":
-            return CONNACK
+            self.refuse -= 1
+            return NOT_AUTHORIZED if self.refuse >= 0 else CONNACK
         if kind == "SubscribePacket":
             granted = bytes(qos for _, qos in packet.payload.topics)
             body = packet.variable_header.packet_id.to_bytes(2, "big") + granted
@@ -127,6 +134,33 @@ def test_pingreq_after_a_keepalive_and_a_silent_link_found_within_one_and_a_half
             assert again.connection > ping.connection
             found_by = heard + 1.5 * KEEPALIVE_S
             assert found_by - 0.1 <= again.at <= found_by + SLACK_S + RECOVERY_S
+        finally:
+            await asyncio.to_thread(twin.stop)
+            server.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_connect_is_tried_again_until_accepted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        broker = Broker(refuse=2)
+        server = await asyncio.start_server(broker.serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        profile = load_profile(overrides={"firmware": {"retry_delay_s": 0.2}})
+        twin = TwinProcess()
+        try:
+            await asyncio.to_thread(
+                twin.start,
+                tmp_path / "twin",
+                f"127.0.0.1:{port}",
+                profile,
+                SimOptions(time_scale=0.02, transport="raw-tcp"),
+            )
+            connects = [await broker.next("Connect") for _ in range(3)]
+            assert [c.connection for c in connects] == [1, 2, 3]
+            online = await broker.next("Publish")
+            assert online.connection == 3
+            assert online.packet.data.startswith(b"STATUS:ONLINE:")
         finally:
             await asyncio.to_thread(twin.stop)
             server.close()
