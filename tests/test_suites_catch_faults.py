@@ -31,6 +31,10 @@ CATCHES = {
     "ota_no_request": ["test_ota.py::test_ota_delivers_the_image_despite[drop_middle]"],
     "no_recovery": ["test_recovery.py::test_recovers_after_power_cut[short]"],
     "no_resubscribe": ["test_recovery.py::test_recovers_after_power_cut[medium]"],
+    "no_keepalive_check": [
+        "test_network.py::test_blackhole_is_noticed_by_the_keepalive_and_recovered"
+    ],
+    "no_reconnect_after_refusal": ["test_network.py::test_connect_refused_twice_then_accepted"],
     "mqtt_v31": ["test_broker_protocol.py::test_device_connects_with_the_profiles_mqtt_version"],
     "http_no_version_check": ["test_http_ota.py::test_a_version_not_newer_is_refused_naming_both"],
     "http_no_verify": [

@@ -90,6 +90,13 @@ class Restart(Exception):
 
 
 PUBLISH_RESULT = "+CMQTTPUB:"
+CONNECT_REFUSED = range(27, 32)  # +CMQTTCONNECT errors for a CONNACK refusal (modem_facts.md)
+
+
+def _refused(result: str) -> bool:
+    """Whether a `+CMQTTCONNECT: <client>,<err>` result is the broker refusing the CONNECT."""
+    code = result.rpartition(",")[2]
+    return code.isdigit() and int(code) in CONNECT_REFUSED
 
 
 class Firmware:
@@ -337,6 +344,9 @@ class Firmware:
             line += f',"{self._username}","{self._password or ""}"'
         result = (await self._cmd(line, wait_for="+CMQTTCONNECT:"))[-1]
         if result != "+CMQTTCONNECT: 0,0":
+            if "no_reconnect_after_refusal" in self._faults and _refused(result):
+                self._goto(STOPPED)  # the bug: a broker's "no" taken as final, until a reset
+                await asyncio.Event().wait()
             raise StepFailed(result)
         self._lcd("MQTT Connected")
 
@@ -394,6 +404,9 @@ class Firmware:
     # -- running ------------------------------------------------------------------------------
 
     def _on_urc(self, line: str) -> None:
+        if line.startswith("+CMQTTCONNLOST") and "no_keepalive_check" in self._faults:
+            log.info("modem: %s (not acted on)", line)  # the bug: only a failed command tells
+            return
         # RDY out of the blue: the modem restarted (power came back), its MQTT link is gone.
         if line == "RDY" or line.startswith(("+CMQTTCONNLOST", "+CMQTTNONET")):
             log.info("modem: %s", line)

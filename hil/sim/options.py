@@ -22,6 +22,8 @@ FAULTS = (
     "ota_no_request",
     "no_recovery",
     "no_resubscribe",
+    "no_keepalive_check",
+    "no_reconnect_after_refusal",
     "mqtt_v31",
     "crash_on_bad_base64",
     "http_no_version_check",
