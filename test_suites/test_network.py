@@ -20,6 +20,7 @@ import pytest
 from hil.mqtt import tls_context
 from hil.ota.sender import OtaError
 from hil.protocol.image import build_image
+from hil.proxy import ProxyTimeout
 
 pytestmark = [
     pytest.mark.hil,
@@ -154,13 +155,26 @@ async def test_blackhole_is_noticed_by_the_keepalive_and_recovered(
 
 
 async def test_connect_refused_twice_then_accepted(dut, proxy, measurements) -> None:
+    """Each refused CONNECT is a failed step, tried again within the firmware's retry budget
+    (PROTOCOL.md: every step retries MAX_RETRIES times, RETRY_DELAY apart)."""
     await dut.current_version()
     since_mqtt, first = dut.mqtt.mark(), len(proxy.connects)
+    budget = dut.profile.firmware.retry_budget_s
 
     with faults_of(proxy):
         proxy.refuse_connects(2, SERVER_UNAVAILABLE)
         dropped_at = time.time()
         assert proxy.drop() >= 1, "the device had no connection through the proxy to drop"
+        await proxy.wait_connect(dut.limits.detect_s, since=first)
+        for refused in (1, 2):
+            try:
+                await proxy.wait_connect(budget, since=first + refused)
+            except ProxyTimeout:
+                pytest.fail(
+                    f"refused CONNECT {refused} of 2 was not tried again within the retry "
+                    f"budget ({budget:g} s)",
+                    pytrace=False,
+                )
         online_at = await online_and_echoing(dut, since_mqtt, "accepted at the third try")
 
     connects = device_connects(dut, proxy, first)
