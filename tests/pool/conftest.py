@@ -14,10 +14,10 @@ SIM_RIG = ROOT / "rigs" / "sim.toml"
 
 
 def plain_rig(name: str) -> str:
-    """A valid rig file that nothing here opens."""
+    """A valid rig file whose console is nowhere: a session on it fails within a second."""
     return (
         f'[rig]\nname = "{name}"\n'
-        '[console]\ndriver = "serial"\nport = "/dev/hil-test-no-such-console"\n'
+        '[console]\ndriver = "serial"\nport = "/dev/hil-test-no-such-console"\nreappear_s = 0.5\n'
         '[broker]\ndriver = "embedded"\n'
     )
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from hil.artifacts import ArtifactStore
 from hil.lock import RigLock
-from hil.pool import PoolBusy, claim
+from hil.pool import PoolBusy, RigPool, claim
 from hil.rig import Rig, load_rig
 from tests.pool.conftest import plain_rig
 from tests.waiting import until
@@ -128,3 +129,21 @@ def test_a_run_whose_rigs_are_all_held_waits_then_errors_naming_the_holders(pool
     assert f"rig bench-b ({pool[1]}) is in use by pid {os.getpid()}" in text
     assert 1.0 <= waited < 30.0
     assert not any((pytester.path / "run").glob("*/run.json"))
+
+
+def test_a_worker_tries_from_its_own_number_and_a_rig_that_cannot_start_is_given_back(
+    pool, tmp_path
+) -> None:
+    rigs = [load_rig(path) for path in pool]
+    store = ArtifactStore(tmp_path / "run")
+    second = RigPool(rigs, store, each=False, nested=True, wait_s=0.0, first=1)
+
+    run = second.claim()
+
+    assert run is not None and run.name == "bench-b"
+    assert run.down.startswith("rig 'bench-b' could not be brought up: ")
+    assert "/dev/hil-test-no-such-console" in run.down
+    assert run.store.root == tmp_path / "run" / "bench-b"
+    with RigLock(pool[1]):  # given back, though the pool still names it as this one's rig
+        pass
+    assert second.claim() is run
