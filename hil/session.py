@@ -27,7 +27,10 @@ from hil.console import ConsoleBuffer
 from hil.lab import PLACEHOLDER
 from hil.lab.place import PlaceHold, wanted_classes
 from hil.lock import RigLock
+from hil.mqtt import tls_context
 from hil.power import PowerDriver
+from hil.proxy import MqttProxy
+from hil.proxy.tls import terminating_context
 from hil.reset import ResetDriver
 from hil.rig import DriverConfig, Rig
 from hil.sim.credentials import SessionTls, session_tls
@@ -53,6 +56,7 @@ class RigSession:
         self.place: PlaceHold | None = None
         self.broker: BrokerDriver | None = None
         self.endpoint: BrokerEndpoint | None = None
+        self.proxy: MqttProxy | None = None  # with `[broker] proxy = true`, the device's way in
         self.twin: TwinProcess | None = None
         self.tls: SessionTls | None = None  # a virtual rig's certificates, when it speaks TLS
         self.power: PowerDriver | None = None
@@ -89,6 +93,8 @@ class RigSession:
         self.endpoint = self.broker.start()
         log.info("broker %s (%s)", self.endpoint, rig.broker.name)
         device_address = f"{self.endpoint.host}:{self.endpoint.port}"
+        if rig.proxy is not None:
+            device_address = self._start_proxy(rig)
         if rig.sim is not None:
             self.twin = TwinProcess()
             self._stack.callback(self.twin.stop)
@@ -118,6 +124,30 @@ class RigSession:
             self.console.open()  # nothing will make it appear: it must be there now
         if rig.reset is not None:
             self.reset = rig.reset.cls(rig.reset.options, rig.directory, self.console)
+
+    def _start_proxy(self, rig: Rig) -> str:
+        """The MQTT proxy in front of the broker; the address the device is to use.
+
+        It reaches the broker as the harness does (TLS on the rig's files). A twin that speaks
+        TLS has it ended at the proxy, on the broker's certificate and under the broker's host
+        name (the one the device checks and names in SNI); a hardware device speaks plain MQTT.
+        """
+        assert self.endpoint is not None and self.broker is not None and rig.proxy is not None
+        device_tls = None
+        if self.tls is not None and self.tls.device is not None:
+            device_tls = terminating_context(self.broker.options)
+        self.proxy = MqttProxy(
+            (self.endpoint.host, self.endpoint.port),
+            upstream_tls=tls_context(self.endpoint),
+            device_tls=device_tls,
+            listen=rig.proxy.listen,
+        )
+        self._stack.callback(self.proxy.stop)
+        host, port = self.proxy.start()
+        log.info("MQTT proxy for the device on %s:%d", host, port)
+        if device_tls is not None:
+            host = self.endpoint.host
+        return f"{host}:{port}"
 
     def _follow_place(self, console: ConsoleBuffer, port: str) -> None:
         """A console on a place's port (`{labgrid:NAME}`) looks it up again whenever it is away:
