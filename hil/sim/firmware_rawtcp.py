@@ -13,9 +13,10 @@ and parses MQTT 3.1.1 itself (hil.sim.mqtt_frames) and keeps the connection aliv
 - SUBSCRIBE_MQTT: one SUBSCRIBE for the command and firmware topics, its SUBACK.
 - RUNNING: PUBLISH at the profile's QoS, each QoS 1 one's PUBACK awaited within the same
   result timeout as a +CMQTTPUB; a QoS 1 PUBLISH from the broker is acknowledged at once.
-  PINGREQ goes out once nothing was sent or received for a keepalive; a PINGRESP that does
-  not come within half a keepalive means the link is dead (so a silent link is found within
-  1.5 keepalives of the last packet heard), and so does `CLOSED`.
+  PINGREQ goes out once a keepalive passed with nothing sent, or nothing received; a
+  PINGRESP that does not come within half a keepalive means the link is dead (so a silent
+  link is found within 1.5 keepalives of the last packet heard), and so does `CLOSED`. A
+  connection closed before its CONNACK or SUBACK was read fails that step, to be retried.
 """
 
 from __future__ import annotations
