@@ -2,7 +2,8 @@
 
 Bench work (a board that hung, a modem to restart) goes through the same drivers the runs use,
 so a relay wired to the wrong channel shows here first. The rig's lock is taken, so a switch is
-never thrown under a running test; SIGTERM and SIGHUP unwind like Ctrl-C.
+never thrown under a running test; a rig on a labgrid place waits for the place in its queue as
+a run does, and gives it back after the switch. SIGTERM and SIGHUP unwind like Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from hil.lab import LabError
 from hil.lifetime import interrupted, signals_as_interrupt
 from hil.lock import RigBusy, RigLock
 from hil.power import PowerDriver, PowerError
@@ -57,6 +59,34 @@ def _load(path: Path) -> Rig:
 
 
 @contextlib.contextmanager
+def _place(rig: Rig, *sections: str) -> Iterator[Rig]:
+    """The rig with the place's ports its tables `sections` name, the place held for the block
+    (a rig without `[labgrid]` as it is); released on every way out, Ctrl-C included. Only
+    those ports are waited for: a hung board's console may be gone."""
+    if rig.labgrid is None:
+        yield rig
+        return
+    from hil.lab.place import PlaceHold, wanted_classes
+
+    try:
+        hold = PlaceHold(rig.labgrid, wanted_classes(rig, sections), _notice)
+    except LabError as exc:
+        raise Refusal(str(exc)) from None
+    try:
+        try:
+            urls = hold.acquire()
+        except LabError as exc:
+            raise Refusal(str(exc)) from None
+        yield rig.with_lab_ports(urls)
+    finally:
+        hold.release()
+
+
+def _notice(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
 def _locked(rig: Rig) -> Iterator[None]:
     lock = RigLock(rig.path, rig.name)
     try:
@@ -77,8 +107,10 @@ def switch(rig: Rig, action: str, board: bool, off_s: float | None) -> str:
     )
     if config is None:
         raise Refusal(f"rig {rig.name!r} ({rig.path}) has no [{section}] table")
-    driver: PowerDriver = config.cls(config.options, common, rig.directory, section=section)
-    with _locked(rig):
+    with _place(rig, section) as rig, _locked(rig):
+        config = rig.board_power if board else rig.power
+        assert config is not None
+        driver: PowerDriver = config.cls(config.options, common, rig.directory, section=section)
         try:
             driver.open()
             try:
@@ -103,9 +135,11 @@ def reset(rig: Rig) -> str:
             f"rig {rig.name!r} ({rig.path}) has no [reset] or [board_power] table; add one "
             '([reset] driver = "esp-serial" or "command")'
         )
-    with _locked(rig):
+    uses_console = getattr(rig.reset.cls, "can_enter_bootloader", False)
+    with _place(rig, "reset", *(["console"] if uses_console else [])) as rig, _locked(rig):
+        assert rig.reset is not None
         console = None
-        if getattr(rig.reset.cls, "can_enter_bootloader", False):
+        if uses_console:
             console = rig.console.cls(rig.console.options, rig.profile)
             console.open()
         try:

@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from hil import cli
 from hil.lab.place import POWER_PREFIX
 from hil.power import CommonPowerOptions, PowerError
 from hil.power.labgrid import LabgridPower, LabgridPowerOptions
 from hil.rig import load_rig
 from hil.schema import ConfigError
+
+from .conftest import needs_labgrid
 
 RIG = """
 [rig]
@@ -73,3 +76,12 @@ def test_a_pdu_url_s_credentials_are_never_shown(tmp_path: Path) -> None:
         "labgrid power port modem-power of place bench-3 "
         "(simplerest http://10.0.0.9/o/{index}/{value} index 3)"
     )
+
+
+@needs_labgrid
+def test_hil_power_on_an_unreachable_coordinator_is_one_line(tmp_path: Path, capsys) -> None:
+    """Port 9 (discard) on loopback: nothing listens, the coordinator cannot be reached."""
+    assert cli.main(["power", "off", "--rig", str(write(tmp_path, "{labgrid:modem-power}"))]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hil power: cannot reach the labgrid coordinator at 127.0.0.1:9;"), err
+    assert len(err.splitlines()) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from .conftest import (
     needs_lab,
     rig_text,
     stopped,
+    until,
 )
 
 pytestmark = needs_lab
@@ -193,6 +195,56 @@ def test_a_power_cut_through_the_place_s_outlet_is_recovered_from(free_pdu_place
     me = lab.me()
     assert free_pdu_place.place_events()[-2:] == [f"acquired by {me}", "released"]
     assert free_pdu_place.holder() is None
+
+
+def test_hil_power_and_reset_acquire_the_place_and_give_it_back(free_pdu_place: PduLab) -> None:
+    pdu, rig = free_pdu_place.pdu, str(free_pdu_place.rig)
+    me = free_pdu_place.lab.me()
+    for args, asked in (
+        (("power", "off", "--rig", rig), [(1, False)]),
+        (("power", "on", "--rig", rig), [(1, True)]),
+        (("reset", "--rig", rig), [(2, False), (2, True)]),  # no [reset]: a board power cycle
+    ):
+        before = len(free_pdu_place.place_events())
+        pdu.asked.clear()
+        done = free_pdu_place.hil(*args)
+        with stopped(done):
+            code = done.wait(60)
+        assert code == 0, done.output()[-2000:]
+        assert pdu.asked == asked, (args, pdu.asked)
+        assert "labgrid power port " in done.output()
+        assert free_pdu_place.place_events()[before:] == [f"acquired by {me}", "released"]
+    assert free_pdu_place.holder() is None
+
+
+def test_ctrl_c_in_a_power_cycle_releases_the_place_with_power_on(
+    free_pdu_place: PduLab,
+) -> None:
+    pdu = free_pdu_place.pdu
+    cycle = free_pdu_place.hil("power", "cycle", "--rig", str(free_pdu_place.rig), "--off-s", "60")
+    with stopped(cycle):
+        until(lambda: (1, False) in pdu.asked, 40, "the outlet switched off")
+        cycle.signal(signal.SIGINT)
+        code = cycle.wait(30)
+    assert code == 128 + signal.SIGINT, cycle.output()[-2000:]
+    assert pdu.asked == [(1, False), (1, True)]
+    assert free_pdu_place.place_events()[-1] == "released"
+    assert free_pdu_place.holder() is None
+
+
+def test_ctrl_c_while_waiting_for_the_place_leaves_no_reservation(free_pdu_place: PduLab) -> None:
+    lab = free_pdu_place.lab
+    assert lab.labgrid_client("-p", PDU_PLACE, "acquire").returncode == 0  # by hand: waited for
+    waiting = free_pdu_place.hil("power", "off", "--rig", str(free_pdu_place.rig))
+    with stopped(waiting):
+        until(lambda: "hil: waiting for place" in waiting.output(), 40, "hil power waiting")
+        waiting.signal(signal.SIGINT)
+        code = waiting.wait(30)
+    assert code == 128 + signal.SIGINT, waiting.output()[-2000:]
+    assert free_pdu_place.pdu.asked == []
+    assert lab.reservations() == []
+    assert free_pdu_place.holder() == lab.me()
+    assert lab.labgrid_client("-p", PDU_PLACE, "release").returncode == 0
 
 
 def test_a_power_port_the_place_lacks_is_named_with_the_fix(
