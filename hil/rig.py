@@ -341,6 +341,8 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         caps.add("broker_log")
     if proxy:
         caps.add("proxy")
+    if getattr(broker.options, "tls", False):
+        caps.add("tls")
     if profile.http_ota.enabled:
         caps.add("http_ota")
     return Rig(
