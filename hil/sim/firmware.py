@@ -137,6 +137,7 @@ class Firmware:
         )
         self._rolled_back: str | None = None  # the version the bootloader rolled back from
         self._pending_status: list[str] = []
+        self._client_id: str | None = None  # kept for good only by the takeover_loop bug
         self._state = INIT_MODEM
         self._led = False
         self._loop = asyncio.get_running_loop()
@@ -331,6 +332,8 @@ class Firmware:
                 raise
         millis = int((self._loop.time() - self._started_at) * 1000)
         client_id = f"{self._profile.mqtt.client_id_prefix}{millis}"
+        if "takeover_loop" in self._faults:  # the bug: one id for good, taken back at once
+            client_id = self._client_id = self._client_id or client_id
         await self._cmd(f'AT+CMQTTACCQ=0,"{client_id}",{int(self._tls is not None)}')
         if "mqtt_v31" not in self._faults:
             await self._cmd(f'AT+CMQTTCFG="version",0,{self._profile.mqtt.protocol_level}')
@@ -452,7 +455,7 @@ class Firmware:
             self._pending_status += step.replies
             for line in step.console:
                 self._say(line)
-        return RECOVER_NETWORK
+        return RECOVER_MQTT if "takeover_loop" in self._faults else RECOVER_NETWORK
 
     async def _serve(self) -> None:
         """Answer messages, check the modem, beat the heart, until the link is lost.

@@ -24,6 +24,7 @@ FAULTS = (
     "no_resubscribe",
     "no_keepalive_check",
     "no_reconnect_after_refusal",
+    "takeover_loop",
     "mqtt_v31",
     "crash_on_bad_base64",
     "http_no_version_check",
