@@ -106,13 +106,17 @@ class ProxyFaults:
         seed: int | None = None,
     ) -> None:
         """Drop each PUBLISH going `direction` (on `topic`) with probability `rate`, until
-        cleared; the same `seed` drops the same packets of the same traffic. Rate 0 ends it."""
+        cleared; the same `seed` drops the same packets of the same traffic. A new rate for a
+        topic replaces its old one; rate 0 ends it (with no topic: every loss that way)."""
         _check_direction(direction)
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ValueError(f"rate {rate!r}: give the share of PUBLISHes to drop, 0 to 1")
+        ends_all = not rate and topic is None
         with self._lock:
             self._losses = [
-                loss for loss in self._losses if (loss.direction, loss.topic) != (direction, topic)
+                loss
+                for loss in self._losses
+                if loss.direction != direction or (loss.topic != topic and not ends_all)
             ]
             if rate:
                 self._losses.append(_Loss(direction, topic, float(rate), random.Random(seed)))

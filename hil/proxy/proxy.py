@@ -621,7 +621,8 @@ class MqttProxy:
         seed: int | None = None,
     ) -> None:
         """A lossy link: drop each PUBLISH going `direction` (on `topic`) with probability
-        `rate` until cleared (rate 0 ends it); a `seed` makes the losses repeat run to run."""
+        `rate` until cleared (rate 0 ends it; with no topic, every loss going `direction`); a
+        `seed` makes the losses repeat run to run."""
         self.faults.drop_publish_rate(rate, topic, direction, seed)
 
     def drop_puback(self, direction: str = "up", count: int = 1) -> None:

@@ -36,6 +36,7 @@ def test_drop_closes_the_connection_at_once_on_both_sides(
     assert proxy.drop() == 1
     assert client.disconnected.wait(2), "the client did not notice its connection closing"
     wait_log(broker, r"Client dropped closed its connection")
+    until(lambda: not proxy.connections, 2, "the proxy letting the connection go")
     assert proxy.events[-1] | {"time": 0} == {
         "time": 0,
         "conn": 1,
@@ -43,7 +44,6 @@ def test_drop_closes_the_connection_at_once_on_both_sides(
         "by": "proxy",
         "reason": "dropped (fault)",
     }
-    assert not proxy.connections
 
 
 def test_blackhole_is_found_by_the_clients_keepalive_not_by_a_close(
@@ -162,6 +162,28 @@ def test_drop_publish_rate_loses_that_share_of_the_chosen_topic_the_same_for_a_s
     assert {f["topic"] for f in lost}.isdisjoint(kept)
     assert 25 <= len(lost) <= 75, f"a rate of 0.25 lost {len(lost)} of 200"  # mean 50, sd 6
     assert lossy_run(proxy, broker, clients, 2) == first, "the same seed, the same losses"
+
+
+def test_drop_publish_rate_0_ends_the_losses_of_that_direction(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    device = connected(proxy, clients, "healed")
+    device.subscribe("loss/#", qos=0)
+    sender = direct(broker, clients, "healed-sender")
+    proxy.drop_publish_rate(1, topic="loss/a")
+    proxy.drop_publish_rate(1, topic="loss/b")
+    proxy.drop_publish_rate(1, topic="loss/c", direction="up")
+    proxy.drop_publish_rate(0, topic="loss/a")
+    sender.publish("loss/b", "b", qos=0)
+    sender.publish("loss/a", "a", qos=0)
+    assert device.message().topic == "loss/a", "loss/a healed, loss/b still lost"
+    proxy.drop_publish_rate(0)  # every loss towards the device
+    sender.publish("loss/b", "b", qos=0)
+    assert device.message().topic == "loss/b"
+    device.publish("loss/c", "c", qos=0)  # still lost on the way up
+    sender.publish("loss/end", "end", qos=0)
+    assert device.message().topic == "loss/end"
+    assert [f["topic"] for f in proxy.frames if f.get("fault") == "loss"] == ["loss/b", "loss/c"]
 
 
 def test_delay_publish_is_overtaken_by_the_others(

@@ -120,6 +120,7 @@ def test_every_suite_passes_through_the_proxy_on_an_external_broker(
     assert {(r["protocol_name"], r["level"]) for r in connects} == {("MQTT", 4)}
 
 
+@pytest.mark.slow  # CI has it from test_suites_catch_faults.py, on rigs/sim.toml's proxy
 def test_the_protocol_check_catches_mqtt_31_through_the_proxy(tmp_path: Path) -> None:
     node = "test_broker_protocol.py::test_device_connects_with_the_profiles_mqtt_version"
     outcomes, artifacts, output = run(
