@@ -1,11 +1,13 @@
 """`python -m hil.bench` (`nox -s bench`): OTA throughput on the twin against the UART's ceiling.
 
-A measurement, not a test: it pushes one image with each window at each cellular round trip
-and prints the figures next to the ceiling, so a change to the sender (or the firmware) shows
-up as a number. The ceiling is measured in the same run, on a twin with no link latency and
-a full window, because that is what the UART carries on this machine while the other twins
-run; the 115200-baud arithmetic is printed beside it. One twin per round trip, all running at
-once; the pushes at one round trip run one after the other on the same twin.
+A measurement, not a test: it pushes one image with each window at each cellular round trip,
+and with the sized window again while the MQTT proxy in front of the broker drops a share of
+the chunk PUBLISHes on their way to the device, and prints the figures next to the ceiling, so
+a change to the sender (or the firmware) shows up as a number. The ceiling is measured in the
+same run, on a twin with no link latency and a full window, because that is what the UART
+carries on this machine while the other twins run; the 115200-baud arithmetic is printed beside
+it. One twin per round trip, all running at once; the pushes at one round trip run one after
+the other on the same twin.
 """
 
 from __future__ import annotations
@@ -17,22 +19,26 @@ import dataclasses
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from hil.cli.ota import KB, Refusal, deliver, device_version, rig_dut, rig_up
-from hil.mqtt import MqttRecorder
+from hil.mqtt import MqttRecorder, MqttTimeout
+from hil.ota import OtaError
 from hil.ota.window import AUTO, MAX_WINDOW, Window
 from hil.profile import DeviceProfile
 from hil.protocol import ota
 from hil.protocol.image import build_image
+from hil.proxy import MqttProxy
+from hil.proxy.options import ProxyOptions
 from hil.rig import DEFAULT_RIG, Rig, load_rig
 from hil.schema import ConfigError
 from hil.session import RigSession
 from hil.sim.twin import UART_BAUD
 from hil.sim.uart import BITS_PER_BYTE
 
-QUICK = {"rtt": [50.0], "size": 16384}
+QUICK = {"rtt": [50.0], "size": 16384, "loss": 0.0}
 CEILING_RTT_MS = 0.0
 
 
@@ -154,26 +160,39 @@ def uart_ceiling(profile: DeviceProfile, image_size: int) -> Ceiling:
 
 
 @dataclass(frozen=True)
+class Push:
+    """One push to make: with which window, losing which share of the chunks."""
+
+    window: Window
+    loss: float = 0.0
+
+
+@dataclass(frozen=True)
 class Run:
     rtt_ms: float
     window: Window
+    loss: float
     size: int
     chunks: int
     seconds: float
     retransmissions: int
     peak_window: int
+    failed: str | None = None  # why the push did not complete
 
     @property
     def throughput(self) -> float:
-        return self.size / self.seconds
+        return 0.0 if self.failed else self.size / self.seconds
 
 
 def with_rtt(rig: Rig, rtt_ms: float) -> Rig:
-    """The rig with its twin at `rtt_ms`, under a name of its own, with a fresh flash.
+    """The rig with its twin at `rtt_ms`, under a name of its own, with a fresh flash, behind
+    the MQTT proxy.
 
     The twins run side by side, each with its own ports; the rig lock is keyed by the rig's
     path, so each gets its own path or the second would find the rig taken by the first, and
-    one twin holds a flash file's lock, so none keeps the rig's `[sim] flash`.
+    one twin holds a flash file's lock, so none keeps the rig's `[sim] flash`. Every push goes
+    through the proxy, the ceiling's too, so the lossy pushes differ from the others only in
+    what it drops.
     """
     if rig.sim is None:
         raise Refusal(f"rig {rig.path} has no [sim] table: the benchmark runs on the twin")
@@ -181,31 +200,63 @@ def with_rtt(rig: Rig, rtt_ms: float) -> Rig:
         rig,
         path=rig.path.with_name(f"{rig.path.stem}.rtt{rtt_ms:g}{rig.path.suffix}"),
         sim=dataclasses.replace(rig.sim, rtt_ms=rtt_ms, flash=None),
+        proxy=rig.proxy or ProxyOptions(),
     )
 
 
-async def runs_at(
-    session: RigSession, rtt_ms: float, windows: list[Window], size: int
-) -> list[Run]:
-    """Push a same-size image once per window on one twin, waiting for each reboot."""
+@contextlib.contextmanager
+def losing(proxy: MqttProxy | None, topic: str, loss: float, seed: int) -> Iterator[None]:
+    """The proxy drops each PUBLISH on `topic` towards the device with probability `loss`."""
+    if not loss:
+        yield
+        return
+    assert proxy is not None
+    proxy.drop_publish_rate(loss, topic, direction="down", seed=seed)
+    try:
+        yield
+    finally:
+        proxy.drop_publish_rate(0)
+
+
+async def runs_at(session: RigSession, rtt_ms: float, pushes: list[Push], size: int) -> list[Run]:
+    """Push a same-size image once per entry of `pushes` on one twin, waiting for each reboot."""
     assert session.endpoint is not None and session.console is not None
     profile = session.rig.profile
     runs = []
     async with MqttRecorder(session.endpoint, [profile.mqtt.status_topic]) as mqtt:
         dut = rig_dut(session, mqtt)
         await device_version(dut)
-        for window in windows:
-            image = build_image(f"bench-{rtt_ms:g}-w{window}", size)
-            r = (await deliver(dut, image, window=window)).result
+        for number, push in enumerate(pushes):
+            image = build_image(f"bench-{rtt_ms:g}-{number}-w{push.window}", size)
+            lossy = f", {push.loss:.0%} lost" if push.loss else ""
+            try:
+                with losing(session.proxy, profile.mqtt.firmware_topic, push.loss, seed=number):
+                    r = (await deliver(dut, image, window=push.window)).result
+            except (OtaError, MqttTimeout) as exc:
+                print(f"  rtt {rtt_ms:g} ms, window {push.window}{lossy}: {exc}", file=sys.stderr)
+                runs.append(Run(rtt_ms, push.window, push.loss, size, 0, 0.0, 0, 0, str(exc)))
+                continue
             runs.append(
-                Run(rtt_ms, window, r.size, r.chunks, r.seconds, r.retransmissions, r.peak_window)
+                Run(
+                    rtt_ms,
+                    push.window,
+                    push.loss,
+                    r.size,
+                    r.chunks,
+                    r.seconds,
+                    r.retransmissions,
+                    r.peak_window,
+                )
             )
-            print(f"  rtt {rtt_ms:g} ms, window {window}: {r.seconds:.1f} s", file=sys.stderr)
+            print(
+                f"  rtt {rtt_ms:g} ms, window {push.window}{lossy}: {r.seconds:.1f} s",
+                file=sys.stderr,
+            )
     return runs
 
 
 async def run_all(
-    sessions: dict[float, RigSession], plans: dict[float, list[Window]], size: int
+    sessions: dict[float, RigSession], plans: dict[float, list[Push]], size: int
 ) -> list[Run]:
     results = await asyncio.gather(
         *(runs_at(session, rtt, plans[rtt], size) for rtt, session in sessions.items())
@@ -213,15 +264,23 @@ async def run_all(
     return [run for runs in results for run in runs]
 
 
-def plan(rtts: list[float], windows: list[Window]) -> dict[float, list[Window]]:
-    """The windows to push with at each round trip, and the ceiling's push at none."""
-    plans = {rtt: list(windows) for rtt in rtts}
-    plans.setdefault(CEILING_RTT_MS, []).insert(0, MAX_WINDOW)
+def plan(rtts: list[float], windows: list[Window], loss: float = 0.0) -> dict[float, list[Push]]:
+    """The pushes at each round trip, and the ceiling's push at none."""
+    pushes = [Push(window) for window in windows]
+    if loss:
+        pushes.append(Push(AUTO, loss))
+    plans = {rtt: list(pushes) for rtt in rtts}
+    plans.setdefault(CEILING_RTT_MS, []).insert(0, Push(MAX_WINDOW))
     return plans
 
 
 def measured_ceiling(runs: list[Run]) -> Run:
-    return next(r for r in runs if r.rtt_ms == CEILING_RTT_MS and r.window == MAX_WINDOW)
+    ceiling = next(r for r in runs if r.rtt_ms == CEILING_RTT_MS and r.window == MAX_WINDOW)
+    if ceiling.failed:
+        raise Refusal(
+            f"the ceiling's push failed, so there is nothing to compare: {ceiling.failed}"
+        )
+    return ceiling
 
 
 # -- the report ----------------------------------------------------------------------------
@@ -229,16 +288,19 @@ def measured_ceiling(runs: list[Run]) -> Run:
 
 def table(runs: list[Run], uart: Ceiling) -> list[str]:
     ceiling = measured_ceiling(runs)
-    base = {r.rtt_ms: r for r in runs if r.window == 1}
+    base = {r.rtt_ms: r for r in runs if r.window == 1 and not r.loss}
     lines = [
-        f"{'rtt ms':>7} {'window':>6} {'seconds':>8} {'ms/chunk':>8} {'kB/s':>6} "
+        f"{'rtt ms':>7} {'window':>6} {'loss':>4} {'seconds':>8} {'ms/chunk':>8} {'kB/s':>6} "
         f"{'of ceiling':>10} {'of UART':>7} {'vs window 1':>11} {'peak':>4} {'retx':>4}",
     ]
     for r in sorted(runs, key=_order):
+        if r.failed:
+            lines.append(f"{r.rtt_ms:>7g} {r.window!s:>6} {r.loss:>4.0%} failed: {r.failed}")
+            continue
         one = base.get(r.rtt_ms)
-        speedup = f"{one.seconds / r.seconds:.2f}x" if one else "-"
+        speedup = f"{one.seconds / r.seconds:.2f}x" if one and not one.failed else "-"
         lines.append(
-            f"{r.rtt_ms:>7g} {r.window!s:>6} {r.seconds:>8.1f} "
+            f"{r.rtt_ms:>7g} {r.window!s:>6} {r.loss:>4.0%} {r.seconds:>8.1f} "
             f"{r.seconds / r.chunks * 1000:>8.1f} {r.throughput / KB:>6.2f} "
             f"{r.throughput / ceiling.throughput:>10.0%} {r.throughput / uart.rate():>7.0%} "
             f"{speedup:>11} {r.peak_window:>4} {r.retransmissions:>4}"
@@ -246,8 +308,25 @@ def table(runs: list[Run], uart: Ceiling) -> list[str]:
     return lines
 
 
-def _order(run: Run) -> tuple[float, int]:
-    return (run.rtt_ms, MAX_WINDOW + 1 if run.window == AUTO else int(run.window))
+def _order(run: Run) -> tuple[float, float, int]:
+    return (run.rtt_ms, run.loss, MAX_WINDOW + 1 if run.window == AUTO else int(run.window))
+
+
+def loss_bound(run: Run, one: Run, ceiling: Run) -> str:
+    """The most of the ceiling any sender can reach with this loss, as the device writes in
+    order.
+
+    Every chunk that arrives after a lost one is discarded, until the resent one arrives: at
+    least one chunk round trip (window 1's time per chunk) in which the device writes nothing,
+    counted in the ceiling's time per chunk.
+    """
+    stall = (one.seconds / one.chunks) / (ceiling.seconds / ceiling.chunks)  # in chunk times
+    losses = run.loss / (1 - run.loss)  # per chunk written: a resent chunk may be lost again
+    bound = 1 / (1 + losses * stall)
+    return (
+        f" (a chunk round trip is {stall:.1f} chunk times, so no sender passes "
+        f"~{bound:.0%} at this loss: the device discards what follows a gap)"
+    )
 
 
 def verdicts(runs: list[Run], uart: Ceiling) -> list[str]:
@@ -258,17 +337,23 @@ def verdicts(runs: list[Run], uart: Ceiling) -> list[str]:
     ]
     for target in TARGETS:
         run = next(
-            (r for r in runs if not target.loss and (r.rtt_ms, r.window) == (target.rtt_ms, AUTO)),
+            (r for r in runs if (r.rtt_ms, r.loss, r.window) == (target.rtt_ms, target.loss, AUTO)),
             None,
         )
         want = f"want >= {target.fraction:.0%}"
         if run is None:
             lines.append(f"target {target.describe()} ({want}): not measured in this run")
             continue
+        if run.failed:
+            lines.append(f"target {target.describe()} ({want}): NOT MET, the push failed")
+            continue
         fraction = run.throughput / ceiling.throughput
         met = "MET" if fraction >= target.fraction else "NOT MET"
+        one = next((r for r in runs if (r.rtt_ms, r.loss, r.window) == (run.rtt_ms, 0, 1)), None)
+        bound = loss_bound(run, one, ceiling) if run.loss and one and not one.failed else ""
         lines.append(
-            f"target {target.describe()}: {fraction:.0%} of the measured ceiling ({want}): {met}"
+            f"target {target.describe()}: {fraction:.0%} of the measured ceiling ({want}): "
+            f"{met}{bound}"
         )
     return lines
 
@@ -302,6 +387,16 @@ def _windows(text: str) -> list[Window]:
     return windows
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percentage") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{text}: want a percentage from 0 to below 100")
+    return value / 100
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m hil.bench", description=__doc__.splitlines()[0])
     p.add_argument("--rig", type=Path, default=DEFAULT_RIG, help=f"default {DEFAULT_RIG}")
@@ -319,26 +414,36 @@ def _parser() -> argparse.ArgumentParser:
         help=f"windows to compare, numbers of chunks or {AUTO!r} (default 1,8,{AUTO})",
     )
     p.add_argument(
+        "--loss",
+        type=_percent,
+        default=5.0 / 100,
+        metavar="PERCENT",
+        help=f"also push with window {AUTO} at each rtt while PERCENT of the chunks are lost "
+        "on their way to the device (default 5; 0 for none)",
+    )
+    p.add_argument(
         "--quick",
         action="store_true",
-        help=f"sanity check in seconds: {QUICK['size']} bytes at {QUICK['rtt'][0]:g} ms only",
+        help=f"sanity check in seconds: {QUICK['size']} bytes at {QUICK['rtt'][0]:g} ms only, "
+        "no loss",
     )
     return p
 
 
 def bench(args: argparse.Namespace) -> list[str]:
     if args.quick:
-        args.rtt, args.size = QUICK["rtt"], QUICK["size"]
+        args.rtt, args.size, args.loss = QUICK["rtt"], QUICK["size"], QUICK["loss"]
     try:
         rig = load_rig(args.rig)
     except ConfigError as exc:
         raise Refusal(str(exc)) from None
     uart = uart_ceiling(rig.profile, args.size)
     chunks = ota.chunk_count(args.size, rig.profile.ota.chunk_data_size)
-    plans = plan(args.rtt, args.windows)
+    plans = plan(args.rtt, args.windows, args.loss)
+    lossy = f", and window {AUTO} with {args.loss:.0%} lost" if args.loss else ""
     print(
         f"OTA benchmark on the twin ({rig.path}): a {args.size}-byte image ({chunks} chunks), "
-        f"windows {', '.join(map(str, args.windows))} at rtt "
+        f"windows {', '.join(map(str, args.windows))}{lossy} at rtt "
         f"{', '.join(f'{r:g}' for r in args.rtt)} ms, the ceiling at {CEILING_RTT_MS:g} ms; "
         "one twin per rtt, run side by side",
         file=sys.stderr,

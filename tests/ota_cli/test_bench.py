@@ -25,8 +25,8 @@ def test_ceiling_counts_the_modems_framing():
     assert ceiling.rate() == pytest.approx(508 * 11520 / (791 + 42))
 
 
-def _run(rtt_ms: float, window, seconds: float) -> bench.Run:
-    return bench.Run(rtt_ms, window, 50800, 100, seconds, 0, 8)
+def _run(rtt_ms: float, window, seconds: float, loss: float = 0.0) -> bench.Run:
+    return bench.Run(rtt_ms, window, loss, 50800, 100, seconds, 0, 8)
 
 
 def test_verdicts_are_ratios_to_the_ceiling_measured_in_the_same_run():
@@ -35,6 +35,8 @@ def test_verdicts_are_ratios_to_the_ceiling_measured_in_the_same_run():
         _run(300, 1, 40.0),
         _run(300, AUTO, 10.4),  # 96 % of the measured ceiling
         _run(600, AUTO, 11.5),  # 87 %
+        _run(600, 1, 80.0),  # 0.8 s a chunk: 8 of the ceiling's 0.1 s
+        _run(600, AUTO, 20.0, loss=0.05),  # 50 %
     ]
     lines = bench.verdicts(runs, bench.uart_ceiling(load_profile(), 50800))
     assert lines[0].startswith("measured ceiling: 5.08 kB/s at 0 ms with window 64")
@@ -44,12 +46,26 @@ def test_verdicts_are_ratios_to_the_ceiling_measured_in_the_same_run():
     assert lines[2] == (
         "target at 600 ms, window auto: 87% of the measured ceiling (want >= 90%): NOT MET"
     )
-    assert lines[3].endswith("(want >= 75%): not measured in this run")
+    assert lines[3] == (
+        "target at 600 ms with 5% of the chunks lost, window auto: 50% of the measured ceiling "
+        "(want >= 75%): NOT MET (a chunk round trip is 8.0 chunk times, so no sender passes "
+        "~70% at this loss: the device discards what follows a gap)"
+    )
+
+
+def test_a_failed_push_is_a_row_and_a_verdict_not_the_end_of_the_run():
+    runs = [_run(0, MAX_WINDOW, 10.0), _run(300, AUTO, 0.0)]
+    runs[1] = bench.Run(300, AUTO, 0.0, 50800, 0, 0.0, 0, 0, failed="no answer within 3 s")
+    uart = bench.uart_ceiling(load_profile(), 50800)
+    assert bench.table(runs, uart)[-1].endswith("300   auto   0% failed: no answer within 3 s")
+    assert bench.verdicts(runs, uart)[1].endswith("(want >= 95%): NOT MET, the push failed")
 
 
 def test_plan_measures_the_ceiling_first_on_a_twin_of_its_own():
-    assert bench.plan([300.0], [1, AUTO]) == {300.0: [1, AUTO], 0.0: [MAX_WINDOW]}
-    assert bench.plan([0.0], [AUTO]) == {0.0: [MAX_WINDOW, AUTO]}
+    one, auto, lossy = bench.Push(1), bench.Push(AUTO), bench.Push(AUTO, 0.05)
+    ceiling = bench.Push(MAX_WINDOW)
+    assert bench.plan([300.0], [1, AUTO]) == {300.0: [one, auto], 0.0: [ceiling]}
+    assert bench.plan([0.0], [AUTO], 0.05) == {0.0: [ceiling, auto, lossy]}
 
 
 def test_bad_windows_are_a_usage_error(capsys):
@@ -61,6 +77,7 @@ def test_short_benchmark_prints_the_ratios_and_the_sized_window_beats_window_1(t
     rig = tmp_path / "sim.toml"  # a copy: its flash file and rig lock are its own
     shutil.copy(SIM_RIG, rig)
     argv = ["--rig", str(rig), "--rtt", "300", "--size", "8192", "--windows", f"1,{AUTO}"]
+    argv += ["--loss", "0"]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
     assert "UART ceiling (115200 baud" in out
@@ -70,8 +87,8 @@ def test_short_benchmark_prints_the_ratios_and_the_sized_window_beats_window_1(t
         if re.match(r"\s+\d+ +(\d+|auto) ", line)
     }
     assert set(rows) == {("0", str(MAX_WINDOW)), ("300", "1"), ("300", AUTO)}
-    assert rows[("0", str(MAX_WINDOW))][5] == "100%"  # the ceiling is its own yardstick
-    speedup = float(rows[("300", AUTO)][7].removesuffix("x"))
+    assert rows[("0", str(MAX_WINDOW))][6] == "100%"  # the ceiling is its own yardstick
+    speedup = float(rows[("300", AUTO)][8].removesuffix("x"))
     assert speedup > 2.0, out  # a round trip per chunk against a window that covers it
     assert re.search(
         r"^target at 300 ms, window auto: \d+% of the measured ceiling \(want >= 95%\): "
