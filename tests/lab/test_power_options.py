@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from hil import cli
-from hil.lab.place import POWER_PREFIX
+from hil.lab import LabError
+from hil.lab.place import POWER_PREFIX, wanted_classes
 from hil.power import CommonPowerOptions, PowerError
 from hil.power.labgrid import LabgridPower, LabgridPowerOptions
 from hil.rig import load_rig
@@ -53,6 +54,30 @@ def test_a_rig_names_its_power_port_like_its_serial_ports(tmp_path: Path) -> Non
     rig = load_rig(write(tmp_path, "{labgrid:modem-power}"))
     assert rig.power is not None and rig.power.cls is LabgridPower
     assert rig.lab_resources == ["console", "modem-power"]
+
+
+def test_each_resource_is_wanted_as_the_class_its_driver_opens(tmp_path: Path) -> None:
+    """`hil power` waits only for the ports its table names: a hung board's console may be gone."""
+    rig = load_rig(write(tmp_path, "{labgrid:modem-power}"))
+    assert wanted_classes(rig) == {
+        "console": "NetworkSerialPort",
+        "modem-power": "NetworkPowerPort",
+    }
+    assert wanted_classes(rig, ["power"]) == {"modem-power": "NetworkPowerPort"}
+    assert wanted_classes(rig, ["board_power"]) == {}
+
+
+def test_one_resource_opened_as_two_kinds_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "{labgrid:modem-power}")
+    path.write_text(
+        path.read_text() + '[board_power]\ndriver = "lcus"\nport = "{labgrid:modem-power}"\n'
+    )
+    with pytest.raises(LabError) as info:
+        wanted_classes(load_rig(path))
+    assert str(info.value) == (
+        "{labgrid:modem-power} is opened as a NetworkPowerPort and as a NetworkSerialPort "
+        "([board_power] port); give each driver a resource of its kind"
+    )
 
 
 def test_outside_a_place_the_driver_says_how_to_switch_it(tmp_path: Path) -> None:
