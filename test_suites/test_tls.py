@@ -13,6 +13,7 @@ must end before any CONNECT.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,12 @@ async def device_connects(dut, proxy) -> list:
 @pytest.mark.smoke
 async def test_device_names_the_broker_in_sni(dut, rig, tls_proxy) -> None:
     host = rig.broker.options.host
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        pytest.skip(f"the rig's broker is the address {host}, and SNI carries host names only")
     names = {c.sni for c in await device_connects(dut, tls_proxy)}
     assert names == {host}, (
         f"device asked for server name(s) {sorted(names, key=str)} (None: no SNI); the broker "
