@@ -7,14 +7,16 @@ product), or the UART idles; more only wait in the modem, and every one of them 
 when a chunk before it is lost, because the device writes strictly in order.
 
 `AutoWindow` measures both from the device's answers, as BBR does for TCP: the shortest round
-trip of a chunk (send to the PROGRESS covering it; resent chunks are ambiguous and not
-sampled, Karn's rule) and the highest answer rate (chunks acknowledged per second over at
-least that round trip). Its window is twice their product, because the device's answers come
-late and in bursts: one cumulative PROGRESS covers the chunks that arrived while it published
-the last one, and that publish waits behind chunk blocks on the UART (BBR keeps twice the
-bandwidth-delay product in flight for delayed and aggregated acknowledgements, for the same
-reason). It moves towards that size by at most the chunks each answer acknowledges, so it at
-most doubles per round trip, shrinks by half that, and never exceeds its cap.
+trip of a chunk (send to the PROGRESS covering it; resent chunks are ambiguous and not sampled,
+Karn's rule) and the highest answer rate (chunks acknowledged per second over at least that
+round trip). Its window is twice their product, because the device's answers come late and in
+bursts: one cumulative PROGRESS covers the chunks that arrived while it published the last one,
+and that publish waits behind chunk blocks on the UART (BBR keeps twice the bandwidth-delay
+product in flight for delayed and aggregated acknowledgements, for the same reason); and
+`MARGIN` chunks more, what the device's own side holds while it answers, the window that keeps
+its UART busy with no link latency at all. It moves towards that size by at most the chunks
+each answer acknowledges, so it at most doubles per round trip, shrinks by half that, and never
+exceeds its cap.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ Window = int | Literal["auto"]  # a sender's setting: chunks in flight, or sized
 INITIAL_WINDOW = 8  # before any measurement: ~580 ms of UART time, a short LTE round trip
 MAX_WINDOW = 64  # 32 kB in flight, ~4.6 s of UART time: well within a 20 s answer limit
 GAIN = 2.0  # chunks in flight per chunk of bandwidth-delay product
+MARGIN = INITIAL_WINDOW  # chunks in flight besides: window 8 keeps the UART busy at 50 ms
 RATE_SPAN_RTTS = 10  # answer-rate samples older than this many round trips are forgotten
 
 
@@ -80,7 +83,7 @@ class AutoWindow:
         rate = self.rate
         if rate is None or self.rtt is None:
             return None
-        return min(float(self.cap), max(1.0, GAIN * rate * self.rtt))
+        return min(float(self.cap), GAIN * rate * self.rtt + MARGIN)
 
     def acknowledged(self, now: float, chunks: int, rtt: float | None) -> None:
         """`chunks` more were written by `now`; `rtt` is the round trip of the newest of them,
