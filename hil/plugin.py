@@ -137,7 +137,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 f"hil: --rig-wait {wait:g}: give the seconds to wait, 0 or more"
             )
-        if wait is None and nested:
+        if wait is None and len(rigs) > 1:
             wait = POOL_WAIT_S
         config.stash[POOL_KEY] = RigPool(
             rigs,
