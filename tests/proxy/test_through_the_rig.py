@@ -108,14 +108,17 @@ def test_every_suite_passes_through_the_proxy_on_an_external_broker(
     assert len(outcomes) >= 30, f"only {len(outcomes)} tests ran:\n{output}"
     bad = {name: kind for name, kind in outcomes.items() if kind != "passed"}
     assert not bad, f"not green through the proxy on an external broker: {bad}\n{output}"
-    connects = [r for r in proxy_records(artifacts) if r.get("type") == "CONNECT"]
+    records = proxy_records(artifacts)
+    assert any(r.get("fault") == "refused" for r in records), "test_network refuses CONNECTs"
+    connects = [r for r in records if r.get("type") == "CONNECT" and not r.get("fault")]
     assert connects, "no CONNECT in any test's proxy.jsonl"
     assert all("password" not in r or r["password"] in (True, False) for r in connects)
-    # mosquitto's log: every device connection is one the proxy made for a CONNECT it recorded.
+    # mosquitto's log: each CONNECT the proxy passed on reached it as recorded (the suites'
+    # own clients may use the device's id too: the session takeover does).
     logged = lab_broker.lines(r"New client connected from \S+ as (ESP32\S+) \(p(\d), c(\d), k(\d+)")
-    assert len(logged) == len(connects) >= 2  # bring-up's and the drop's reconnect at least
-    assert {(m[1], m[2], m[3], int(m[4])) for m in logged} == {
-        (r["client_id"], "2", "1", r["keepalive"]) for r in connects
+    assert len(logged) >= len(connects) >= 2  # bring-up's and the drop's reconnect at least
+    assert {(r["client_id"], "2", "1", r["keepalive"]) for r in connects} <= {
+        (m[1], m[2], m[3], int(m[4])) for m in logged
     }
     assert {(r["protocol_name"], r["level"]) for r in connects} == {("MQTT", 4)}
 
