@@ -16,6 +16,7 @@ import pytest
 from hil.broker.tls import Authority, Issued
 from hil.mqtt import tls_context
 from hil.proxy import MqttProxy
+from hil.proxy.impostor import Impostor
 from tests.proxy.conftest import Client, Mosquitto, mosquitto_pub, needs_mosquitto, start_mosquitto
 from tests.waiting import until
 
@@ -124,3 +125,26 @@ def test_a_client_that_sends_no_server_name_is_recorded_without_one(
         assert not client.connect().is_failure
         [connect] = proxy.connects
         assert (connect.sni, connect.client_cert) == (None, None)
+
+
+def test_an_impostor_shows_a_certificate_the_client_refuses_until_it_steps_aside(
+    mosquitto: Mosquitto, device_pki: tuple[Authority, Issued, Issued], tmp_path
+) -> None:
+    authority, server, _ = device_pki
+    context = terminating(authority, server)
+    context.verify_mode = ssl.CERT_NONE
+    other = Authority.create(tmp_path, "another CA")
+    stranger = other.issue(tmp_path, "impostor", hosts=("localhost", "127.0.0.1"))
+    upstream = (mosquitto.endpoint.host, mosquitto.endpoint.port)
+    with running(MqttProxy(upstream, device_tls=context)) as proxy:
+        port = proxy.endpoint[1]
+        publish = ("--cafile", str(authority.cert), "-i", "wary", "-t", "t", "-m", "m")
+        with Impostor(proxy, stranger.cert, stranger.key) as impostor:
+            refused = mosquitto_pub(("localhost", port), *publish)
+            assert refused.returncode != 0
+            assert impostor.hellos == 1
+        assert proxy.connects == []  # no handshake, no CONNECT
+        done = mosquitto_pub(("localhost", port), *publish)
+        assert done.returncode == 0, done.stderr
+        [connect] = proxy.connects
+        assert (connect.client_id, connect.sni) == ("wary", "localhost")
