@@ -211,7 +211,7 @@ def losing(proxy: MqttProxy | None, topic: str, loss: float, seed: int) -> Itera
         yield
         return
     assert proxy is not None
-    proxy.drop_publish_rate(loss, topic, direction="down", seed=seed)
+    proxy.drop_publish_rate(loss, topic, direction="down", seed=seed, acknowledge=True)
     try:
         yield
     finally:

@@ -40,6 +40,7 @@ class _Loss:
     topic: str | None
     rate: float
     draw: random.Random
+    acknowledge: bool = False
 
     def drops(self, packet: Packet, direction: str) -> bool:
         if packet.type is not PacketType.PUBLISH or direction != self.direction:
@@ -56,6 +57,7 @@ class Verdict:
     drop: bool = False
     delay_s: float = 0.0
     fault: str | None = None
+    acknowledge: bool = False  # a dropped QoS 1 PUBLISH: answer its PUBACK to the sender
 
 
 FORWARD = Verdict()
@@ -104,10 +106,12 @@ class ProxyFaults:
         topic: str | None = None,
         direction: str = "down",
         seed: int | None = None,
+        acknowledge: bool = False,
     ) -> None:
         """Drop each PUBLISH going `direction` (on `topic`) with probability `rate`, until
         cleared; the same `seed` drops the same packets of the same traffic. A new rate for a
-        topic replaces its old one; rate 0 ends it (with no topic: every loss that way)."""
+        topic replaces its old one; rate 0 ends it (with no topic: every loss that way).
+        `acknowledge` answers a dropped QoS 1 PUBLISH's PUBACK to its sender."""
         _check_direction(direction)
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ValueError(f"rate {rate!r}: give the share of PUBLISHes to drop, 0 to 1")
@@ -119,7 +123,9 @@ class ProxyFaults:
                 if loss.direction != direction or (loss.topic != topic and not ends_all)
             ]
             if rate:
-                self._losses.append(_Loss(direction, topic, float(rate), random.Random(seed)))
+                self._losses.append(
+                    _Loss(direction, topic, float(rate), random.Random(seed), acknowledge)
+                )
 
     def drop_puback(self, direction: str = "up", count: int = 1) -> None:
         self._add(PacketType.PUBACK, direction, None, None, count)
@@ -164,8 +170,9 @@ class ProxyFaults:
                     if rule.delay_s is None:
                         return Verdict(drop=True, fault="drop")
                     return Verdict(delay_s=rule.delay_s, fault="delay")
-            if any(loss.drops(packet, direction) for loss in self._losses):
-                return Verdict(drop=True, fault="loss")
+            for loss in self._losses:
+                if loss.drops(packet, direction):
+                    return Verdict(drop=True, fault="loss", acknowledge=loss.acknowledge)
             return FORWARD
 
     def _add(

@@ -275,6 +275,15 @@ class _Link:
         )
         if not verdict.drop:
             self._outboxes[direction].put(packet.raw, self.proxy.faults.delay_s, verdict.delay_s)
+        elif verdict.acknowledge and packet.fields["qos"] == 1:  # only PUBLISHes are lost so
+            self._acknowledge_lost(packet, _other(direction))
+
+    def _acknowledge_lost(self, packet: Packet, towards: str) -> None:
+        """Send the PUBACK for a dropped QoS 1 PUBLISH back to its sender, and record it."""
+        ack = bytes([PacketType.PUBACK << 4, 2]) + packet.fields["packet_id"].to_bytes(2, "big")
+        self._outboxes[towards].put(ack, self.proxy.faults.delay_s)
+        record = parse(ack[0], ack[2:], self.level)
+        self.proxy._frame(frame_record(time.time(), self.number, towards, record, fault="loss"))
 
     def _publish_down(self, packet: Packet, verdict: Verdict) -> None:
         packet_id = packet.fields["packet_id"]
@@ -619,11 +628,18 @@ class MqttProxy:
         topic: str | None = None,
         direction: str = "down",
         seed: int | None = None,
+        acknowledge: bool = False,
     ) -> None:
         """A lossy link: drop each PUBLISH going `direction` (on `topic`) with probability
         `rate` until cleared (rate 0 ends it; with no topic, every loss going `direction`); a
-        `seed` makes the losses repeat run to run."""
-        self.faults.drop_publish_rate(rate, topic, direction, seed)
+        `seed` makes the losses repeat run to run.
+
+        With `acknowledge` the proxy answers a dropped QoS 1 PUBLISH with the PUBACK its
+        receiver would have sent, as a modem that acknowledged a message and lost it before
+        its host read it: the loss is the receiver's alone. Without it the sender holds every
+        lost message unacknowledged for the rest of the session (pushing OTA chunks to the
+        twin at 5 % loss, mosquitto stopped delivering to it within a few hundred)."""
+        self.faults.drop_publish_rate(rate, topic, direction, seed, acknowledge)
 
     def drop_puback(self, direction: str = "up", count: int = 1) -> None:
         self.faults.drop_puback(direction, count)

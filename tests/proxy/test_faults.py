@@ -186,6 +186,31 @@ def test_drop_publish_rate_0_ends_the_losses_of_that_direction(
     assert [f["topic"] for f in proxy.frames if f.get("fault") == "loss"] == ["loss/b", "loss/c"]
 
 
+def test_acknowledged_losses_are_answered_to_the_broker_for_the_device(
+    proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
+) -> None:
+    """Half of 100 QoS 1 messages lost on the way down, each answered upwards with the PUBACK
+    for its packet id, and none of the device's own PUBACKs missing for the others."""
+    device = connected(proxy, clients, "lossy-qos1")
+    device.subscribe("loss/#", qos=1)
+    device.subscribe("kept/#", qos=1)
+    sender = direct(broker, clients, "lossy-qos1-sender")
+    proxy.drop_publish_rate(0.5, topic="loss/#", seed=3, acknowledge=True)
+    for n in range(100):
+        sender.publish(f"loss/{n}", str(n), qos=1)
+    sender.publish("kept/end", "end", qos=1)
+    got = []
+    while (topic := device.message().topic) != "kept/end":
+        got.append(topic)
+    lost = [f for f in proxy.frames if f.get("fault") == "loss" and f["type"] == "PUBLISH"]
+    acked = r"Received PUBACK from lossy-qos1 \("
+    until(lambda: len(broker.lines(acked)) == 101, 5.0, "mosquitto's log of 101 PUBACKs")
+    acks = [f for f in proxy.frames if f.get("fault") == "loss" and f["type"] == "PUBACK"]
+    assert 25 <= len(lost) <= 75 and len(got) + len(lost) == 100
+    assert sorted(f["packet_id"] for f in acks) == sorted(f["packet_id"] for f in lost)
+    assert {f["direction"] for f in acks} == {"up"}
+
+
 def test_delay_publish_is_overtaken_by_the_others(
     proxy: MqttProxy, broker: Mosquitto, clients: list[Client]
 ) -> None:
