@@ -84,8 +84,12 @@ def test_smoke_run_passes_one_test_per_suite_file_on_the_virtual_rig(tmp_path) -
     assert sorted(files.items()) == [
         (f"test_suites.{p.stem}", 1) for p in sorted(SUITES.glob("test_*.py"))
     ]
-    verdicts = [child.tag for case in cases for child in case]
-    assert not {"failure", "error", "skipped"} & set(verdicts), done.stdout[-3000:]
+    verdicts = [child for case in cases for child in case if child.tag != "properties"]
+    assert not {"failure", "error"} & {v.tag for v in verdicts}, done.stdout[-3000:]
+    # rigs/sim.toml has no TLS: only a suite that needs what the rig lacks may skip, saying so
+    skips = [v.get("message", "") for v in verdicts if v.tag == "skipped"]
+    assert all("needs tls: rig 'virtual' lacks it" in m for m in skips), skips
+    assert len(skips) <= 1, skips
 
 
 def test_the_markers_are_known_to_a_lab_project_with_strict_markers(pytester) -> None:
