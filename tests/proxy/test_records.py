@@ -95,4 +95,5 @@ def test_the_proxy_records_what_mosquitto_logs(
     assert not any("s3cret" in line for line in proxy.lines)  # type: ignore[attr-defined]
     events = [json.loads(line).get("event") for line in proxy.lines]  # type: ignore[attr-defined]
     assert events[0] == "open" and events[-1] == "close"
-    assert proxy.events[-1]["by"] == "device"
+    # after the device's DISCONNECT both ends close; which the proxy sees first is a race
+    assert proxy.events[-1]["by"] in ("device", "broker")
