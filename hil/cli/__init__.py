@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("power", "hil.cli.power", "switch a rig's modem or board power: on, off, cycle"),
         ("reset", "hil.cli.reset", "restart the device through the rig's [reset] or board power"),
         ("report", "hil.cli.report", "write one self-contained HTML report of one or more runs"),
-        ("accept", "hil.cli.accept", "pre-release acceptance: run N times, sign or verify a record"),
+        ("accept", "hil.cli.accept", "pre-release acceptance: N runs, a signed record; verify one"),
         ("lab", "hil.cli.lab", "labgrid places: list them"),
     ):
         sub = verbs.add_parser(verb, help=text, add_help=False)
