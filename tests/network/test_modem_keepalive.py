@@ -35,6 +35,7 @@ class DeadZone:
         self.dead = False
         self.up = bytearray()  # what the modem sent while the link was dead
         self.last_down = 0.0  # when bytes from the broker last reached the modem
+        self.pings = 0  # PINGREQs passed on while the link was alive
 
     @contextlib.asynccontextmanager
     async def serve(self, broker: BrokerEndpoint) -> AsyncIterator[int]:
@@ -46,7 +47,9 @@ class DeadZone:
                     continue
                 writer.write(data)
                 await writer.drain()
-                if not up:
+                if up:
+                    self.pings += data.count(PINGREQ)
+                else:
                     self.last_down = time.monotonic()
             writer.close()
 
@@ -74,7 +77,10 @@ async def test_pings_keep_a_quiet_link_up_and_a_dead_one_is_given_up(
     async with zone.serve(mosquitto) as port, mqtt_ready_modem(urcs) as cmd:
         connect = f'AT+CMQTTCONNECT=0,"tcp://127.0.0.1:{port}",{KEEPALIVE_S},1'
         assert await cmd(connect, wait_for="+CMQTTCONNECT:") == "+CMQTTCONNECT: 0,0"
-        await asyncio.sleep(2 * KEEPALIVE_S)  # two keepalives with nothing to say
+        quiet_until = time.monotonic() + 3 * KEEPALIVE_S + SLACK_S  # nothing to say meanwhile
+        while zone.pings < 2 and time.monotonic() < quiet_until:
+            await asyncio.sleep(0.05)
+        assert zone.pings >= 2, f"{zone.pings} PINGREQ in {3 * KEEPALIVE_S} s of quiet link"
         assert not lost(urcs), f"a live link was given up: {lost(urcs)}"
         zone.dead = True
         went_dead = time.monotonic()
