@@ -26,6 +26,7 @@ from hil.profile import DeviceProfile, load_profile
 from hil.proxy.options import KEYS as PROXY_KEYS
 from hil.proxy.options import ProxyOptions, load_proxy_options
 from hil.schema import ConfigError
+from hil.sim.firmware_rawtcp import refusal
 from hil.sim.options import SimOptions, load_sim_table
 
 SIM_DIR = "{sim}"
@@ -317,6 +318,8 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
     sim = None
     if "sim" in tables:
         sim = _attempt(errors, None, lambda: load_sim_table(tables["sim"], rig_dir))
+    if sim is not None and broker is not None and profile is not None:
+        errors += _transport_errors(sim, broker, profile)
     if "sim" not in data:
         for config, group in (
             (console, "console"),
@@ -364,6 +367,17 @@ def parse_rig(data: dict[str, Any], path: Path) -> Rig:
         firmware=firmware,
         proxy=proxy,
     )
+
+
+def _transport_errors(
+    sim: SimOptions, broker: DriverConfig, profile: DeviceProfile
+) -> list[ConfigError]:
+    """What the twin's modem transport cannot serve, told by `hil rigs check` rather than by a
+    twin that fails to start: raw TCP carries no TLS, no MQTT 5 and no QoS 2."""
+    if sim.transport != "raw-tcp":
+        return []
+    why = refusal(profile, tls=bool(getattr(broker.options, "tls", False)))
+    return [ConfigError("sim.transport", why)] if why else []
 
 
 def _lab_port_errors(tables: dict[str, Any], has_lab: bool) -> list[ConfigError]:

@@ -54,7 +54,10 @@ def refusal(profile: DeviceProfile, tls: bool = False) -> str | None:
             f'{mqtt.protocol_level} needs transport "cmqtt"'
         )
     if mqtt.qos not in (0, 1):
-        return f'transport "raw-tcp" publishes at QoS 0 or 1; profile mqtt.qos is {mqtt.qos}'
+        return (
+            f'transport "raw-tcp" publishes at QoS 0 or 1; profile mqtt.qos {mqtt.qos} needs '
+            'transport "cmqtt"'
+        )
     return None
 
 
