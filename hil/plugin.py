@@ -108,7 +108,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hil: a test that runs against a rig (hardware or twin)")
     config.addinivalue_line(
-        "markers", "needs(capability): skip unless the rig has it (power, broker_log, proxy)"
+        "markers",
+        "needs(capability): skip unless the rig has it "
+        f"({', '.join(CAPABILITY_HINTS)}; every rig has console and mqtt)",
     )
     registered = {line.split(":")[0].strip() for line in config.getini("markers")}
     for name, text in SUITE_MARKERS.items():

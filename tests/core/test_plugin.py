@@ -2,12 +2,17 @@
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
+
+from hil.plugin import CAPABILITY_HINTS
+from hil.rig import load_rig
 
 from .conftest import PtyPort, needs_mosquitto
 
 pytest_plugins = ["pytester"]
+ROOT = Path(__file__).resolve().parents[2]
 
 RIG = """
 [rig]
@@ -65,6 +70,16 @@ def test_needs_power_skips_with_the_reason(pytester, rig_file) -> None:
     result = run(pytester, rig_file, "@pytest.mark.needs('power')\ndef test_cut(): pass", "-rs")
     result.assert_outcomes(skipped=1)
     assert "needs power: rig 'pty-rig' lacks it (it has no [power] table)" in result.stdout.str()
+
+
+def test_the_needs_marker_names_every_capability_a_rig_can_lack(pytester) -> None:
+    # rigs/sim-tls.toml has them all: relays, mosquitto, the proxy, TLS, a profile with HTTP OTA
+    rig = load_rig(ROOT / "rigs" / "sim-tls.toml")
+    optional = rig.capabilities - {"console", "mqtt"}
+    assert optional == set(CAPABILITY_HINTS), "each capability a rig may lack has a skip hint"
+    result = pytester.runpytest("--markers")
+    (line,) = [x for x in result.outlines if x.startswith("@pytest.mark.needs(capability)")]
+    assert all(capability in line for capability in rig.capabilities), line
 
 
 def test_artifacts_and_junit_properties(pytester, rig_file) -> None:
