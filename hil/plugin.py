@@ -10,7 +10,8 @@ restarted before the next. Measurements land in `measurements.json` and JUnit pr
 worker claims a free rig of it for its life and the suites spread over the workers (`--dist
 loadgroup` unless `--dist` is given, so `xdist_group` keeps tests together); `--each-rig`
 runs every rig test once per rig, its id ending in the rig's name, each rig's tests on one
-worker. Each rig's artifacts and run.json are in `<run>/<rig name>/`.
+worker. Each rig's artifacts and run.json are in `<run>/<rig name>/`; reports reach the
+controller with the test's own id, without the `@group` xdist's loadgroup adds on its workers.
 """
 
 from __future__ import annotations
@@ -211,6 +212,17 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput[WORKER_LOADGROUP] = config.option.dist == "loadgroup"
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_report_to_serializable(config: pytest.Config, report: Any):
+    """xdist worker: a test's report leaves with the test's id, not xdist's `id@group`, so
+    JUnit, the terminal and the cache on the controller name it as it was collected."""
+    data = yield
+    grouped = "xdist_group" in getattr(report, "keywords", {})  # a test's report, not collection's
+    if grouped and isinstance(data, dict) and "nodeid" in data:
+        data["nodeid"] = ungrouped(config, data["nodeid"])
+    return data
+
+
 @pytest.hookimpl(trylast=True)  # after the test's own parameters: the rig ends its id
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """--each-rig: a test that uses a rig runs once per rig, grouped by rig for xdist."""
@@ -333,8 +345,12 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 def plain_nodeid(item: pytest.Item) -> str:
     """The test's id without the `@group` xdist's loadgroup adds to it on a worker."""
-    nodeid = item.nodeid
-    if item.config.getoption("loadgroup", False) and nodeid.rfind("@") > nodeid.rfind("]"):
+    return ungrouped(item.config, item.nodeid)
+
+
+def ungrouped(config: pytest.Config, nodeid: str) -> str:
+    """`nodeid` without the `@group` xdist's loadgroup adds after the test's name and id."""
+    if config.getoption("loadgroup", False) and nodeid.rfind("@") > nodeid.rfind("]"):
         return nodeid[: nodeid.rfind("@")]
     return nodeid
 
