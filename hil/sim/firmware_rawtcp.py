@@ -133,6 +133,8 @@ class RawTcpFirmware(Firmware):
     # -- MQTT ---------------------------------------------------------------------------------
 
     async def _mqtt_setup(self) -> None:
+        if "takeover_loop" in self._faults and self._client_id:
+            return  # the bug: one id for good, taken back at once
         millis = int((self._loop.time() - self._started_at) * 1000)
         self._client_id = f"{self._profile.mqtt.client_id_prefix}{millis}"
 
@@ -233,6 +235,9 @@ class RawTcpFirmware(Firmware):
             now = self._loop.time()
             if mqtt.ping_sent is not None:
                 due = mqtt.ping_sent + period * PINGRESP_WAIT
+                if now >= due and "no_keepalive_check" in self._faults:
+                    mqtt.ping_sent = None  # the bug: pings, never misses an answer
+                    continue
                 if now >= due:
                     self._lost(f"no PINGRESP within {period * PINGRESP_WAIT:.1f} s")
                     return
