@@ -7,6 +7,22 @@ oldest missing chunk. How many chunks are in flight is `hil.ota.window`'s: sized
 link by default, or a fixed number (1 is the seed server's stop-and-wait). The sender knows
 nothing of MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed
 answers, and runs the coroutine that fills that queue as a task it watches and always collects.
+
+BEGIN and END are lost like chunks (each is one more message on the firmware topic), so each
+is resent after `reply_timeout` without its answer, up to the retry budget. What a resend
+meets depends on which was lost:
+
+- BEGIN lost: the resent BEGIN draws READY. Its READY lost: the device holds the update open
+  and answers the resent BEGIN `OTA:ERROR:busy`. `busy` to a resent BEGIN is therefore taken
+  as this update's READY (to the first BEGIN it stays a refusal). It cannot tell an update
+  left open by another sender whose `busy` to the first BEGIN was lost too; that costs no
+  wrong image: the device counts the chunks of its own size in every PROGRESS, which the
+  sender checks, and verifies the image's SHA-256 at END. Answers to BEGINs still due when
+  the transfer runs (a late READY, `busy` to the resend) are set aside.
+- END lost: the resent END draws the final answer. Its answer lost: after `OTA:SUCCESS` the
+  device has restarted into the image (after a refusal it has closed the update) and ignores
+  the next END, so no answer comes; once the budget is spent the `OtaTimeout` says both, and
+  the version the device reports online tells which.
 """
 
 from __future__ import annotations
@@ -25,6 +41,7 @@ from hil.profile import DeviceProfile
 from hil.protocol.ota import (
     CHUNK_DATA_SIZE,
     END,
+    SUCCESS,
     Error,
     OtaReply,
     Progress,
@@ -261,13 +278,14 @@ class _Transfer:
         self.srtt = 0.0
         self.progress_at = self.timer_at = 0.0
         self.last_answer: OtaReply | None = None
+        self.begun_at = 0.0  # when the last BEGIN was sent
+        self.begins_unanswered = 0  # BEGINs sent whose answer (READY or busy) has not come
 
     async def run(self) -> OtaResult:
         started = self.loop.time()
-        await self.s.publish(begin(len(self.image)))
-        await self._await_ready()
+        await self._begin()
         self.progress_at = self.timer_at = self.loop.time()
-        self.srtt = self.progress_at - started  # BEGIN to READY: the first round-trip sample
+        self.srtt = self.progress_at - self.begun_at  # BEGIN to its answer: a round trip
         while self.base < self.limit:
             await self._fill()
             reply = await self._reply(self.timer_at + self.s.reply_timeout)
@@ -276,8 +294,7 @@ class _Transfer:
                 self.window.timed_out()
             else:
                 self._handle(reply)
-        await self.s.publish(END)
-        answer = await self._await_final()
+        answer = await self._end()
         return OtaResult(
             size=len(self.image),
             chunks=self.total,
@@ -300,35 +317,74 @@ class _Transfer:
         self.last_answer = reply
         return reply
 
-    async def _await_ready(self) -> None:
-        deadline = self.loop.time() + self.s.reply_timeout
-        while (reply := await self._reply(deadline)) is not None:
-            match reply:
-                case Ready(size=size) if size == len(self.image):
-                    return
-                case Ready(size=size):
-                    raise OtaError(f"device answered OTA:READY:{size} to {begin(len(self.image))}")
-                case Error(reason=reason):
-                    raise OtaRefused(reason, "OTA:BEGIN")
+    async def _begin(self) -> None:
+        """Send BEGIN until the device answers it, up to the retry budget.
+
+        A `busy` answer to the first BEGIN is a refusal; to a resent one it says the device
+        holds an update open, taken to be this one: an earlier BEGIN arrived, its READY did not.
+        """
+        command = begin(len(self.image))
+        first = self.loop.time()
+        for sent in range(1, self.s.max_retries + 2):
+            self.begun_at = self.loop.time()
+            await self.s.publish(command)
+            self.begins_unanswered = sent
+            deadline = self.begun_at + self.s.reply_timeout
+            while (reply := await self._reply(deadline)) is not None:
+                match reply:
+                    case Ready(size=size) if size == len(self.image):
+                        self.begins_unanswered -= 1
+                        return
+                    case Ready(size=size):
+                        raise OtaError(f"device answered OTA:READY:{size} to {command}")
+                    case Error(reason="busy") if sent > 1:
+                        log.info("%s resent; busy: the update is open, its READY lost", command)
+                        self.begins_unanswered -= 1
+                        return
+                    case Error(reason=reason):
+                        raise OtaRefused(reason, "OTA:BEGIN")
+            log.info(
+                "no answer to %s within %g s, sent %d times", command, self.s.reply_timeout, sent
+            )
         raise OtaTimeout(
-            f"no answer to {begin(len(self.image))} within {self.s.reply_timeout:g} s",
+            f"no answer to {command} within {self.s.reply_timeout:g} s, sent "
+            f"{self.s.max_retries + 1} times",
             chunk=None,
-            waited=self.s.reply_timeout,
+            waited=self.loop.time() - first,
         )
 
-    async def _await_final(self) -> OtaReply:
-        deadline = self.loop.time() + self.s.reply_timeout
-        while (reply := await self._reply(deadline)) is not None:
-            match reply:
-                case Success():
-                    return reply
-                case Error(reason=reason):
-                    raise OtaRefused(reason, END)
+    def _begin_answered(self, reply: OtaReply) -> bool:
+        """Whether `reply` is the late answer to a resent BEGIN, nothing to act on."""
+        if self.begins_unanswered and reply in (Ready(len(self.image)), Error("busy")):
+            self.begins_unanswered -= 1
+            return True
+        return False
+
+    async def _end(self) -> OtaReply:
+        """Send END until the device gives its final answer, up to the retry budget.
+
+        Answers to chunks arriving meanwhile are late ones (every chunk is acknowledged).
+        """
+        first = self.loop.time()
+        for sent in range(1, self.s.max_retries + 2):
+            await self.s.publish(END)
+            deadline = self.loop.time() + self.s.reply_timeout
+            while (reply := await self._reply(deadline)) is not None:
+                match reply:
+                    case Success():
+                        return reply
+                    case Error() if self._begin_answered(reply):
+                        pass
+                    case Error(reason=reason):
+                        raise OtaRefused(reason, END)
+            log.info("no answer to %s within %g s, sent %d times", END, self.s.reply_timeout, sent)
         raise OtaTimeout(
-            f"no answer to {END} within {self.s.reply_timeout:g} s after all "
-            f"{self.limit} chunks were acknowledged",
+            f"no answer to {END} within {self.s.reply_timeout:g} s, sent "
+            f"{self.s.max_retries + 1} times after all {self.limit} chunks were acknowledged: "
+            f"every {END} was lost, or the device's answer was (after {SUCCESS} it restarts "
+            "into the image and ignores the next: the version it reports online tells)",
             chunk=None,
-            waited=self.s.reply_timeout,
+            waited=self.loop.time() - first,
         )
 
     async def _fill(self) -> None:
@@ -355,6 +411,8 @@ class _Transfer:
         await self.s.publish(encode_chunk(number, data))
 
     def _handle(self, reply: OtaReply) -> None:
+        if self._begin_answered(reply):
+            return
         match reply:
             case Progress(number=number, total=total):
                 if total != self.total:

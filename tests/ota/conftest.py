@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,8 @@ class FakeDevice:
         return [ota.ready(size)]
 
     def _end(self) -> list[str]:
+        if not self.busy:
+            return []  # no update open (after SUCCESS the device restarted): nothing to end
         self.busy = False
         if len(self.written) != self.size:
             return [ota.error("size_mismatch")]
@@ -96,8 +99,10 @@ class DelayLine:
         self.pending: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
 
-    def put(self, item: Any) -> None:
-        self.pending.put_nowait((asyncio.get_running_loop().time() + self.latency, item))
+    def put(self, item: Any, extra: float = 0.0) -> None:
+        """`extra` seconds more for this item; the ones behind it wait for it, in order."""
+        due = asyncio.get_running_loop().time() + self.latency + extra
+        self.pending.put_nowait((due, item))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -110,11 +115,19 @@ class DelayLine:
 class Bench:
     """A sender's publish and reply queue, connected to a FakeDevice through two delay lines.
 
-    It watches both directions to know how many chunks are in flight at every publish.
+    It watches both directions to know how many chunks are in flight at every publish. `lose`
+    counts messages to lose on the way, either way, by how they start: {"OTA:END": 1} loses
+    the first END, {"OTA:READY": 2} the first two READYs. `slow` delays the first answer
+    starting so by that many seconds more.
     """
 
-    def __init__(self, device: FakeDevice, latency: float) -> None:
+    def __init__(
+        self, device: FakeDevice, latency: float, lose: dict[str, int], slow: dict[str, float]
+    ) -> None:
         self.device = device
+        self.lose = Counter(lose)
+        self.slow = dict(slow)
+        self.lost: list[str] = []  # what was lost, in order
         self.replies: asyncio.Queue[OtaReply] = asyncio.Queue()
         self.acked = -1  # highest PROGRESS the sender has been handed
         self.outstanding: set[int] = set()  # chunk numbers published, not yet acknowledged
@@ -129,11 +142,22 @@ class Bench:
             self.outstanding.add(number)
             self.in_flight.append((len(self.events), len(self.outstanding)))
             self.events.append(f"send:{number}")
-        self.down.put(payload)
+        if not self._lost(payload):
+            self.down.put(payload)
+
+    def _lost(self, message: str) -> bool:
+        for start, left in self.lose.items():
+            if left and message.startswith(start):
+                self.lose[start] -= 1
+                self.lost.append(message)
+                return True
+        return False
 
     def _to_device(self, payload: str) -> None:
         for answer in self.device.handle(payload):
-            self.up.put(answer)
+            if not self._lost(answer):
+                start = next((s for s in self.slow if answer.startswith(s)), None)
+                self.up.put(answer, self.slow.pop(start) if start else 0.0)
 
     def _to_sender(self, answer: str) -> None:
         reply = ota.parse_reply(answer)
@@ -157,11 +181,17 @@ MakeBench = Callable[..., Bench]
 
 @pytest.fixture
 async def bench() -> AsyncIterator[MakeBench]:
-    """Factory: bench(latency=0.001, **FakeDevice fields) -> Bench, closed after the test."""
+    """Factory: bench(latency=0.001, lose={}, slow={}, **FakeDevice fields) -> Bench, closed
+    after the test."""
     made: list[Bench] = []
 
-    def make(latency: float = 0.001, **device: Any) -> Bench:
-        made.append(Bench(FakeDevice(**device), latency))
+    def make(
+        latency: float = 0.001,
+        lose: dict[str, int] | None = None,
+        slow: dict[str, float] | None = None,
+        **device: Any,
+    ) -> Bench:
+        made.append(Bench(FakeDevice(**device), latency, lose or {}, slow or {}))
         return made[-1]
 
     yield make

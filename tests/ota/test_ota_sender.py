@@ -120,7 +120,67 @@ async def test_device_that_never_answers_begin(bench: Any) -> None:
     with pytest.raises(OtaTimeout) as timeout:
         await within(b.sender(reply_timeout=0.05).push(IMAGE))
     assert timeout.value.chunk is None
-    assert f"no answer to OTA:BEGIN:{len(IMAGE)}" in str(timeout.value)
+    assert f"no answer to OTA:BEGIN:{len(IMAGE)} within 0.05 s, sent 11 times" in str(timeout.value)
+    assert timeout.value.waited >= 11 * 0.05
+
+
+# -- BEGIN and END are lost like chunks ---------------------------------------------------------
+
+
+async def test_a_lost_begin_is_resent(bench: Any) -> None:
+    b = bench(lose={"OTA:BEGIN": 2})
+    result = await within(b.sender(**FAST).push(IMAGE))
+    assert result.answer == Success()
+    assert bytes(b.device.written) == IMAGE
+    assert b.lost == [ota.begin(len(IMAGE))] * 2
+
+
+async def test_a_lost_ready_meets_busy_and_the_update_goes_on(bench: Any) -> None:
+    """The device holds the update open and answers the resent BEGIN busy: that is READY."""
+    b = bench(lose={"OTA:READY": 1})
+    result = await within(b.sender(**FAST).push(IMAGE))
+    assert result.answer == Success()
+    assert bytes(b.device.written) == IMAGE
+    assert b.events[0] == ota.error("busy")
+
+
+async def test_a_late_ready_and_the_busy_to_the_resent_begin_are_set_aside(bench: Any) -> None:
+    """READY comes after the reply timeout, so BEGIN went twice; its busy comes mid-transfer."""
+    b = bench(slow={"OTA:READY": 0.15})
+    result = await within(b.sender(window=4, **FAST).push(IMAGE))
+    assert result.answer == Success()
+    assert bytes(b.device.written) == IMAGE
+    assert b.events[0] == ota.ready(len(IMAGE))
+    assert b.events.count(ota.error("busy")) == 1
+
+
+async def test_a_lost_end_is_resent(bench: Any) -> None:
+    b = bench(lose={"OTA:END": 1})
+    result = await within(b.sender(**FAST).push(IMAGE))
+    assert result.answer == Success()
+    assert b.lost == [ota.END]
+
+
+async def test_a_refusal_to_a_resent_end_is_a_refusal(bench: Any) -> None:
+    b = bench(lose={"OTA:END": 1})
+    plan = FaultPlan.named("corrupt_byte", CHUNKS)
+    with pytest.raises(OtaRefused) as refused:
+        await within(b.sender(faults=plan, **FAST).push(IMAGE))
+    assert (refused.value.reason, refused.value.step) == ("verify", ota.END)
+
+
+async def test_a_lost_success_ends_in_a_timeout_that_says_the_device_may_have_it(
+    bench: Any,
+) -> None:
+    """After SUCCESS the device restarted: the resent ENDs meet no update and go unanswered."""
+    b = bench(lose={"OTA:SUCCESS": 1})
+    with pytest.raises(OtaTimeout) as timeout:
+        await within(b.sender(reply_timeout=0.05, max_retries=2).push(IMAGE))
+    assert bytes(b.device.written) == IMAGE
+    message = str(timeout.value)
+    assert "no answer to OTA:END within 0.05 s, sent 3 times" in message
+    assert "after OTA:SUCCESS it restarts into the image" in message
+    assert timeout.value.chunk is None and timeout.value.waited >= 3 * 0.05
 
 
 async def test_gap_without_request_recovers_by_timeout(bench: Any) -> None:
