@@ -2,9 +2,10 @@
 
 Drops, duplicates and reorders touch only a chunk's first transmission: the retransmission
 that follows `OTA:REQUEST` or a timeout goes through, otherwise a dropped chunk could never
-arrive. Corruption is sticky (the file itself is wrong), so the device must refuse the image
-at `OTA:END` with `verify`. Truncation sends `OTA:END` before the last chunk.
-"""
+arrive. A dropped chunk is followed on the wire by the next one, whatever the window, so the
+device sees the gap and asks for it. Corruption is sticky (the file itself is wrong), so the
+device must refuse the image at `OTA:END` with `verify`. Truncation sends `OTA:END` before the
+last chunk."""
 
 from __future__ import annotations
 
@@ -104,8 +105,18 @@ class FaultPlan:
     def first_emission(self, number: int, limit: int) -> tuple[int, tuple[int, ...]]:
         """For the first transmission of `number`: (chunks it consumes, numbers put on the wire).
 
-        A reordered pair consumes two chunks and sends the later one first.
+        A reordered pair consumes two chunks and sends the later one first. A run of dropped
+        chunks is consumed with the first chunk after it, which goes out in their place, so
+        the device sees the gap whatever the window: with fewer chunks in flight than the run
+        is long, the window would otherwise hold only dropped ones, and the sender would wait
+        out its reply timeout with no REQUEST. A run that ends the image leaves no gap to see.
         """
+        if number in self.drop:
+            after = number
+            while after < limit and after in self.drop:
+                after += 1
+            consumed, wire = self.first_emission(after, limit) if after < limit else (0, ())
+            return after - number + consumed, wire
         order = (number + 1, number) if number in self.reorder and number + 1 < limit else (number,)
         wire = tuple(
             n for n in order if n not in self.drop for _ in range(2 if n in self.duplicate else 1)

@@ -388,7 +388,7 @@ class _Transfer:
         )
 
     async def _fill(self) -> None:
-        """Send until the window is full. A reordered pair may put one chunk beyond it."""
+        """Send until the window is full; a plan's reordered pair or dropped run may go beyond."""
         plan = self.s.faults
         while self.next < min(self.limit, self.base + self.window.size):
             if self.next < self.fresh:

@@ -52,7 +52,7 @@ def test_plan_beyond_the_image_is_refused() -> None:
 def test_first_emission() -> None:
     plan = FaultPlan(drop=frozenset({1}), duplicate=frozenset({2}), reorder=frozenset({4}))
     assert plan.first_emission(0, 10) == (1, (0,))
-    assert plan.first_emission(1, 10) == (1, ())
+    assert plan.first_emission(1, 10) == (2, (2, 2))  # a dropped chunk goes out as the next
     assert plan.first_emission(2, 10) == (1, (2, 2))
     assert plan.first_emission(4, 10) == (2, (5, 4))
     assert plan.first_emission(4, 5) == (1, (4,))  # no successor before the limit
@@ -65,3 +65,15 @@ def test_corruption_flips_one_byte_every_time() -> None:
     assert bad == plan.data(1, data)
     assert sum(a != b for a, b in zip(bad, data, strict=True)) == 1
     assert plan.data(0, data) == data
+
+
+def test_a_dropped_run_goes_out_as_the_chunk_after_it() -> None:
+    """The device sees the gap however few chunks the sender keeps in flight."""
+    burst = FaultPlan.dropping_burst(5, 3, 20)
+    assert burst.first_emission(3, 20) == (6, (8,))
+    assert FaultPlan(drop=frozenset({3}), reorder=frozenset({4})).first_emission(3, 20) == (
+        3,
+        (5, 4),
+    )
+    assert FaultPlan.dropping({8, 9}).first_emission(8, 10) == (2, ())  # nothing after it
+    assert FaultPlan.dropping({9}).first_emission(9, 10) == (1, ())

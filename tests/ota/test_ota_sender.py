@@ -63,6 +63,21 @@ async def test_every_fault_plan(bench: Any, name: str, image: bytes, window: int
     assert_plan_applied(plan, b.device.received, result.retransmissions)
 
 
+@pytest.mark.parametrize("window", [1, 3, 5, 8])
+@pytest.mark.parametrize("name", ["drop_first", "drop_middle", "drop_burst_5"])
+async def test_a_dropped_chunk_draws_a_request_whatever_the_window(
+    bench: Any, name: str, window: int
+) -> None:
+    """With no more chunks in flight than the plan drops in a row, the device still sees the gap:
+    the push never waits out its (here long) reply timeout."""
+    b = bench()
+    plan = FaultPlan.named(name, CHUNKS)
+    sender = b.sender(window=window, faults=plan, reply_timeout=30.0, max_retries=1)
+    result = await within(sender.push(IMAGE), 5.0)
+    assert bytes(b.device.written) == IMAGE
+    assert result.requests_seen >= 1
+
+
 async def test_window_1_is_stop_and_wait(bench: Any) -> None:
     b = bench()
     result = await within(b.sender(window=1, **FAST).push(IMAGE))
