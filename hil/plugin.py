@@ -10,12 +10,15 @@ restarted before the next. Measurements land in `measurements.json` and JUnit pr
 worker claims a free rig of it for its life and the suites spread over the workers (`--dist
 loadgroup` unless `--dist` is given, so `xdist_group` keeps tests together); `--each-rig`
 runs every rig test once per rig, its id ending in the rig's name, each rig's tests on one
-worker. Each rig's artifacts and run.json are in `<run>/<rig name>/`; reports reach the
-controller with the test's own id, without the `@group` xdist's loadgroup adds on its workers.
+worker (a worker given tests of a rig another worker of the run took refuses it: `RigClaims`).
+Each rig's artifacts and run.json are in `<run>/<rig name>/`; reports reach the controller
+with the test's own id, without the `@group` xdist's loadgroup adds on its workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -29,7 +32,7 @@ from hil.bringup import DeviceState, RigDown, VersionUnknown
 from hil.broker import BrokerError
 from hil.lifetime import UNWIND_SIGNALS
 from hil.measurements import Measurements
-from hil.pool import RigPool, RigRun, folder_name, load_pool
+from hil.pool import RigClaims, RigPool, RigRun, folder_name, load_pool
 from hil.rig import DEFAULT_RIG, Rig
 from hil.schema import ConfigError
 
@@ -37,6 +40,7 @@ RIG_KEY = pytest.StashKey[Rig | None]()  # the rig, or a pool's first
 RIG_ORIGIN_KEY = pytest.StashKey[str]()
 STORE_KEY = pytest.StashKey[ArtifactStore]()  # the run folder (a pool's rigs keep theirs in it)
 POOL_KEY = pytest.StashKey[RigPool]()
+CLAIMS_KEY = pytest.StashKey[Path]()  # xdist controller, --each-rig: its workers' claims
 ITEM_RUN_KEY = pytest.StashKey[RigRun | None]()  # the rig a test runs on
 MEASUREMENTS_KEY = pytest.StashKey[Measurements]()
 DEVICE_KEY = pytest.StashKey[DeviceState]()
@@ -52,6 +56,7 @@ POOL_WAIT_S = 300.0  # how long a pool's run waits for a rig other runs hold, un
 WORKER_ROOT = "hil_root"
 WORKER_ROOT_GIVEN = "hil_root_given"
 WORKER_LOADGROUP = "hil_loadgroup"
+WORKER_CLAIMS = "hil_claims"  # the run's claims folder, under --each-rig
 WORKER_SELECTION = "hil_selection"  # what a worker collected, for the controller (workeroutput)
 CAPABILITY_HINTS = {
     "power": "it has no [power] table",
@@ -150,6 +155,7 @@ def pytest_configure(config: pytest.Config) -> None:
             wait_s=wait,
             notice=_late_notice(config),
             first=_worker_number(worker),
+            claims=_claims(worker) if each else None,
         )
         _plan_workers(config, rigs, each, bool(given))
     for sig in UNWIND_SIGNALS:
@@ -174,6 +180,13 @@ def _worker_number(worker: dict[str, Any] | None) -> int:
     """An xdist worker's number (`gw3`: 3), 0 without xdist."""
     digits = str((worker or {}).get("workerid", "")).lstrip("gw")
     return int(digits) if digits.isdigit() else 0
+
+
+def _claims(worker: dict[str, Any] | None) -> RigClaims | None:
+    """An xdist worker's claims in its run's folder (none without xdist: one process)."""
+    if worker is None or WORKER_CLAIMS not in worker:
+        return None
+    return RigClaims(Path(worker[WORKER_CLAIMS]), worker["workerid"])
 
 
 def _plan_workers(config: pytest.Config, rigs: list[Rig], each: bool, given: bool) -> None:
@@ -201,15 +214,29 @@ def _plan_workers(config: pytest.Config, rigs: list[Rig], each: bool, given: boo
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:
-    """xdist controller: every worker's rigs share one run folder, made here once."""
+    """xdist controller: every worker's rigs share one run folder, made here once, and under
+    --each-rig one claims folder for this run (xdist's testrunuid names it)."""
     config = node.config
-    if config.stash.get(POOL_KEY, None) is None:
+    pool = config.stash.get(POOL_KEY, None)
+    if pool is None:
         return
     store = config.stash[STORE_KEY]
     store.root.mkdir(parents=True, exist_ok=True)
     node.workerinput[WORKER_ROOT] = str(store.root)
     node.workerinput[WORKER_ROOT_GIVEN] = store.given
     node.workerinput[WORKER_LOADGROUP] = config.option.dist == "loadgroup"
+    if pool.each:
+        claims = store.root / "_claims" / node.workerinput["testrunuid"]
+        config.stash[CLAIMS_KEY] = claims
+        node.workerinput[WORKER_CLAIMS] = str(claims)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """xdist controller: a crashed worker's rigs are free for the worker given its tests."""
+    claims = node.config.stash.get(CLAIMS_KEY, None)
+    if claims is not None and error is not None:
+        RigClaims.forget(claims, node.workerinput["workerid"])
 
 
 @pytest.hookimpl(wrapper=True)
@@ -242,6 +269,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     pool = config.stash.get(POOL_KEY, None)
     if pool is not None:
         pool.close()
+    claims = config.stash.get(CLAIMS_KEY, None)
+    if claims is not None:  # the workers are gone: nothing claims a rig any more
+        shutil.rmtree(claims, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            claims.parent.rmdir()
     store = config.stash.get(STORE_KEY, None)
     if store is not None:
         store.close()

@@ -9,11 +9,24 @@ different rigs first and a broken rig one gave back is not the next one's first 
 Each rig's part of the run (`RigRun`) has its own artifact folder, `<run>/<rig name>/` when
 the run uses more than one, and its own session, which gives the rig back when it closes
 or fails to come up.
+
+Under `--each-rig` the lock is not enough: it keeps two workers from driving a rig at once,
+not one after the other, and xdist's `--dist loadgroup` is what keeps a rig's tests on one
+worker. When that fails silently (pytest 9.2 with pytest-xdist 3.8, pytest-xdist issue 1386),
+a second worker would bring the rig up again between the first one's tests. So each worker
+records the rigs it took in its run's claims folder (`RigClaims`), and a rig another worker
+of the same run took is refused, naming both. Spread runs keep no claims: their tests stand
+alone after bring-up and each worker brings its rig up itself, so a rig one worker gave back
+(it finished, or the rig did not come up) is fairly the next waiting worker's.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +48,58 @@ FOLDER_CHARS = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 class PoolBusy(RigBusy):
     """No rig of the pool came free in time; the message names every holder."""
+
+
+class RigTaken(RuntimeError):
+    """Another worker of this run took the rig under --each-rig; the message says why and
+    what to do."""
+
+
+class RigClaims:
+    """Which worker of one xdist run took each rig, as a file per rig in `folder`.
+
+    The controller gives its workers one folder per run (named by xdist's testrunuid). A claim
+    appears whole or not at all (written aside, then hard-linked into place, which fails when
+    another worker's is there), so of two workers taking a rig at once exactly one gets it.
+    """
+
+    def __init__(self, folder: Path, worker: str) -> None:
+        self.folder = folder
+        self.worker = worker
+
+    def take(self, rig: Rig) -> None:
+        """Claim `rig` for this worker, or RigTaken when another worker of the run has it."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{folder_name(rig.name)}.json"
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".claim-")
+        try:
+            with os.fdopen(fd, "w") as file:
+                json.dump({"rig": str(rig.path), "worker": self.worker, "pid": os.getpid()}, file)
+            try:
+                os.link(tmp, path)
+                return
+            except FileExistsError:
+                holder = json.loads(path.read_text())["worker"]
+        finally:
+            os.unlink(tmp)
+        if holder != self.worker:
+            raise RigTaken(
+                f"rig {rig.name!r} ({rig.path}) was taken by worker {holder} of this run, and "
+                f"worker {self.worker} was given tests on it too: --each-rig needs each rig's "
+                "tests on the one worker holding it, so --dist loadgroup did not keep the rig's "
+                "tests together (as pytest 9.2 with pytest-xdist 3.8 do: "
+                "pytest-xdist issue 1386). It is not brought up a second time. Fix: "
+                "pip install 'pytest<9.2' (or a pytest-xdist that fixes issue 1386) and keep "
+                "--dist loadgroup, or run --each-rig without -n"
+            )
+
+    @staticmethod
+    def forget(folder: Path, worker: str) -> None:
+        """Drop `worker`'s claims (it crashed: xdist gives its rig's tests to another)."""
+        for path in folder.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                if json.loads(path.read_text())["worker"] == worker:
+                    path.unlink()
 
 
 def rig_files(values: Iterable[str | Path], base: Path) -> list[Path]:
@@ -164,7 +229,8 @@ class RigPool:
     `nested` runs keep each rig's artifacts in `<run>/<rig name>/` (several rigs, --each-rig, or
     an xdist worker, whose siblings share the run folder); otherwise the one rig's artifacts are
     the run folder itself, as for a run without a pool. `wait_s` is how long to wait for a
-    rig another run holds (None: not at all).
+    rig another run holds (None: not at all). `claims` are the run's under --each-rig on an
+    xdist worker: a rig is claimed there when this worker first runs a test on it.
     """
 
     def __init__(
@@ -177,6 +243,7 @@ class RigPool:
         wait_s: float | None,
         notice: Callable[[str], None] | None = None,
         first: int = 0,
+        claims: RigClaims | None = None,
     ) -> None:
         self.rigs = list(rigs)
         self.first = first % len(self.rigs) if self.rigs else 0  # where a claim starts trying
@@ -185,6 +252,7 @@ class RigPool:
         self.nested = nested
         self.wait_s = wait_s
         self.notice = notice or (lambda text: None)
+        self.claims = claims
         self.runs: dict[str, RigRun] = {}
         self.claimed: RigRun | None = None
         self.claim_error: str | None = None  # why no rig could be claimed
@@ -195,11 +263,22 @@ class RigPool:
         return not self.each and self.nested
 
     def run(self, name: str) -> RigRun:
-        """The RigRun of the rig called `name`, made the first time it is asked for."""
+        """The RigRun of the rig called `name`, made the first time it is asked for. With
+        claims the rig is claimed then; one another worker of the run took is down with the
+        reason at once, its tests' artifacts in `<run>/<rig name>@<worker>/`, beside (not
+        over) that worker's."""
         found = self.runs.get(name)
         if found is None:
             rig = next(r for r in self.rigs if r.name == name)
-            found = self._register(RigRun(rig, self._store(rig)))
+            try:
+                if self.claims is not None:
+                    self.claims.take(rig)
+            except RigTaken as taken:
+                folder = f"{folder_name(rig.name)}@{self.claims.worker}"
+                found = RigRun(rig, ArtifactStore(self.top.root / folder), down=str(taken))
+            else:
+                found = RigRun(rig, self._store(rig))
+            self._register(found)
         return found
 
     def open(self, run: RigRun, doctor: bool = False) -> None:
