@@ -16,7 +16,8 @@ from hil.console import ConsoleBuffer
 from hil.measurements import Measurements
 from hil.mqtt import MqttRecord, MqttRecorder
 from hil.ota.faults import FaultPlan
-from hil.ota.sender import OtaResult, OtaSender
+from hil.ota.sender import DEFAULT_WINDOW, OtaResult, OtaSender
+from hil.ota.window import Window
 from hil.power import PowerDriver
 from hil.profile import DeviceProfile
 from hil.protocol import ota as ota_messages
@@ -157,7 +158,7 @@ class Dut:
         image: bytes,
         *,
         faults: FaultPlan | None = None,
-        window: int | None = None,
+        window: Window = DEFAULT_WINDOW,
         on_progress=None,
     ) -> OtaResult:
         """Push `image` over MQTT; raises OtaRefused with the device's reason if it says no.
@@ -176,10 +177,9 @@ class Dut:
                 if reply is not None:
                     replies.put_nowait(reply)
 
-        options = {"faults": faults, "on_progress": on_progress}
-        if window is not None:
-            options["window"] = window
-        sender = OtaSender.for_profile(self.profile, publish, replies, **options)
+        sender = OtaSender.for_profile(
+            self.profile, publish, replies, faults=faults, window=window, on_progress=on_progress
+        )
         async with self.mqtt.tap(self.topics.status_topic) as raw:
             # The sender runs the pump as a task, fails at once if it dies, always collects it.
             return await sender.push(image, feed=pump(raw))
