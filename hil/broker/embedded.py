@@ -59,8 +59,21 @@ class EmbeddedBroker(BrokerDriver):
         self._loop = asyncio.new_event_loop()
         ready: Future[None] = Future()
 
+        class TakeoverBroker(Broker):  # type: ignore[misc,valid-type]
+            """amqtt 0.12 drops a clean-session client's session when another CONNECTs with
+            its id, but leaves the first connection open and deaf (its takeover code only
+            runs for persistent sessions). MQTT 3.1.1 section 3.1.4 says the server closes
+            it, as mosquitto does; a device whose id is taken must see its link drop."""
+
+            async def _delete_session(self, client_id: str) -> None:
+                session, handler = self._sessions.get(client_id, (None, None))
+                if session is not None and session.transitions.is_connected():
+                    await handler.handle_connection_closed()
+                    await handler.stop()
+                await super()._delete_session(client_id)
+
         async def serve() -> None:
-            self._broker = Broker(config)
+            self._broker = TakeoverBroker(config)
             await self._broker.start()
 
         def run() -> None:

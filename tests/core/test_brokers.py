@@ -1,8 +1,10 @@
 """Broker drivers against a real mosquitto and amqtt, with mosquitto_pub/_sub as the other side."""
 
+import asyncio
 import json
 import subprocess
 
+import aiomqtt
 import pytest
 
 from hil.broker import BrokerError, free_port
@@ -178,3 +180,30 @@ def test_stop_frees_the_port(tmp_path) -> None:
     endpoint = driver.start()
     driver.stop()
     assert mosquitto_pub(endpoint, "t", "x").returncode != 0
+
+
+async def test_second_client_with_the_same_id_takes_the_session_over(broker) -> None:
+    """MQTT 3.1.1 section 3.1.4: the server closes the first connection of a client id that
+    connects again, and the second gets what is published to it."""
+    _, endpoint = broker
+    first = aiomqtt.Client(endpoint.host, endpoint.port, identifier="dev-1", clean_session=True)
+    second = aiomqtt.Client(endpoint.host, endpoint.port, identifier="dev-1", clean_session=True)
+    async with first:
+        await first.subscribe("server_cmd", qos=1)
+        async with second:
+            with pytest.raises(aiomqtt.MqttError):
+                async with asyncio.timeout(5):
+                    async for _ in first.messages:
+                        pass  # anything before the close is the broker keeping it open
+            await second.subscribe("server_cmd", qos=1)
+            for _ in range(50):  # until the subscription is in place and one arrives
+                mosquitto_pub(endpoint, "server_cmd", "after-takeover")
+                try:
+                    async with asyncio.timeout(0.2):
+                        message = await anext(aiter(second.messages))
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                pytest.fail("the second client got nothing published after it took over")
+    assert message.payload == b"after-takeover"
