@@ -6,6 +6,10 @@ each a `Range: bytes=` request, keeping what it has: a block cut by the network 
 again from its first byte, and a download the link lost altogether continues from there once
 the firmware is back online. The whole image is verified as the bootloader would before it is
 handed back to be written. The faults switch on the named bugs.
+
+An https:// server is reached through SSL context 0 (`AT+HTTPPARA="SSLCFG",0`), the one the
+firmware set up for its broker (firmware.py, SETUP_SSL): the server must show a certificate the
+CA the firmware carries signed, or the handshake fails (status 715) and the update with it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ log = logging.getLogger("hil.sim.firmware")
 BLOCK = 4096  # one flash sector per range request
 READ = 1024  # bytes per AT+HTTPREAD
 OK, PARTIAL = 200, 206
+SSL_CONTEXT = 0  # the AT+CSSLCFG context the firmware configures (firmware.py)
 _ACTION = re.compile(r"\+HTTPACTION: (?P<method>\d+),(?P<status>\d+),(?P<length>\d+)")
 _CONTENT_RANGE = re.compile(rb"(?im)^content-range:\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$")
 
@@ -97,7 +102,7 @@ class HttpOta:
         self._download = None
         await self._publish(self._contract.checking)
         try:
-            await self._start()
+            await self._start(url)
             offered = await self._version(url + self._contract.version_path)
             running = self._running()
             if "http_no_version_check" not in self._faults and not http_ota.is_newer(
@@ -119,17 +124,20 @@ class HttpOta:
         if self._download is None:
             return None
         try:
-            await self._start()
+            await self._start(self._download.url)
             return await self._fetch(interrupted=True)
         except Refused as exc:
             return await self._fail(exc.reason)
 
     # -- steps ----------------------------------------------------------------------------------
 
-    async def _start(self) -> None:
-        """A fresh HTTP session: whatever a previous run or a lost link left goes first."""
+    async def _start(self, url: str) -> None:
+        """A fresh HTTP session for `url`: whatever a previous run or a lost link left goes
+        first; for https:// it uses the firmware's SSL context."""
         await self._stop()
         await self._cmd("AT+HTTPINIT")
+        if url.startswith("https://"):
+            await self._cmd(f'AT+HTTPPARA="SSLCFG",{SSL_CONTEXT}')
 
     async def _stop(self) -> None:
         with contextlib.suppress(AtError):  # none was started

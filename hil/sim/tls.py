@@ -1,5 +1,5 @@
 """The modem's TLS: one SSL context as `AT+CSSLCFG` set it, made into the client the modem's
-bridge connects to the broker with.
+bridge connects to the broker with, or its HTTP(S) client to an https:// server (modem_http.py).
 
 What the twin does, and where each part comes from:
 - `AT+CMQTTACCQ=<i>,"<id>",1` makes client <i> an SSL/TLS client and `AT+CMQTTSSLCFG=<i>,<ctx>`
@@ -116,6 +116,9 @@ class _WithoutSni(ssl.SSLContext):
 
     def wrap_socket(self, sock: Any, *args: Any, server_hostname: Any = None, **kwargs: Any):
         return super().wrap_socket(sock, *args, **kwargs)
+
+    def wrap_bio(self, incoming: Any, outgoing: Any, *args: Any, server_hostname: Any = None, **kw):
+        return super().wrap_bio(incoming, outgoing, *args, **kw)  # asyncio's way in
 
 
 def _load_pair(context: ssl.SSLContext, cert: bytes, key: bytes) -> None:

@@ -34,10 +34,16 @@ async def modem_online() -> AsyncIterator[Command]:
     tasks = [asyncio.create_task(modem.run()), asyncio.create_task(at.run())]
     await modem.set_power(True)
 
-    async def cmd(line: str, wait_for: str | None = None, received: bytearray | None = None):
+    async def cmd(
+        line: str,
+        wait_for: str | None = None,
+        received: bytearray | None = None,
+        data: bytes | None = None,
+    ):
         return await at.command(
             line,
             AT_TIMEOUT_S,
+            data=data,
             wait_for=wait_for,
             result_timeout=RESULT_TIMEOUT_S,
             received=received,
@@ -161,13 +167,22 @@ def test_commands_out_of_order_answer_error(line: str) -> None:
     asyncio.run(scenario())
 
 
-def test_second_httpinit_and_https_url_answer_error() -> None:
+@pytest.mark.parametrize(
+    "line",
+    [
+        "AT+HTTPINIT",  # already started
+        'AT+HTTPPARA="URL","ftp://127.0.0.1/firmware.bin"',  # neither http:// nor https://
+        'AT+HTTPPARA="SSLCFG",10',  # SSL contexts are 0 to 9
+        'AT+HTTPPARA="SSLCFG","one"',
+    ],
+)
+def test_a_second_httpinit_and_bad_parameters_answer_error(line: str) -> None:
     async def scenario() -> None:
         async with modem_online() as cmd:
             await cmd("AT+HTTPINIT")
             with pytest.raises(AtError):
-                await cmd("AT+HTTPINIT")
-            with pytest.raises(AtError):
-                await cmd('AT+HTTPPARA="URL","https://127.0.0.1/firmware.bin"')
+                await cmd(line)
+            await cmd('AT+HTTPPARA="SSLCFG","3"')  # quoted or not, as TinyGsmHttpsComm.h sends
+            await cmd('AT+HTTPPARA="URL","https://127.0.0.1/firmware.bin"')
 
     asyncio.run(scenario())
