@@ -1,5 +1,7 @@
 """HTTP OTA with version check and rollback (seed 003), against the image server the suite
-starts where the profile says the device reaches it (http_ota.server_host).
+starts where the profile says the device reaches it (http_ota.server_host): over HTTPS on a
+virtual rig whose broker speaks TLS on the session's certificates (the device trusts that CA),
+else over HTTP (hil.ota.http_server.session_https).
 
 The device is told the server's URL on the firmware topic. It must read /version and refuse a
 version that is not newer, naming both; download the image in byte ranges and, when the
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from hil.mqtt import MqttRecord
-from hil.ota.http_server import ImageServer
+from hil.ota.http_server import ImageServer, session_https
 from hil.plugin import artifact_store
 from hil.protocol import http_ota
 from hil.protocol.image import build_image
@@ -38,14 +40,18 @@ _serial = itertools.count(1)
 
 
 @pytest.fixture
-def serve(request: pytest.FixtureRequest, dut) -> Iterator[Callable[[bytes], ImageServer]]:
+def serve(
+    request: pytest.FixtureRequest, dut, hil_session
+) -> Iterator[Callable[[bytes], ImageServer]]:
     """`serve(image)`: the image server, started for this test and stopped after it."""
     sink = artifact_store(request.node).sink("http.jsonl")
     servers: list[ImageServer] = []
+    contract = dut.profile.http_ota
+    tls = session_https(hil_session.tls.pki if hil_session.tls else None, contract.server_host)
 
     def start(image: bytes) -> ImageServer:
         server = ImageServer.for_profile(
-            image, dut.profile.http_ota, on_request=lambda r: sink(r.to_json() + "\n")
+            image, contract, tls=tls, on_request=lambda r: sink(r.to_json() + "\n")
         )
         server.start()
         servers.append(server)

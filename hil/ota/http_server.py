@@ -9,6 +9,12 @@ is ignored and the whole image sent, as the RFC allows. Every request is recorde
 
 For the suites it can misbehave on command: serve a corrupted copy, or cut the connection at a
 chosen byte of the image (once), as a lost cellular link does mid-download.
+
+The suites serve HTTPS when the session made the CA the device trusts (`session_https`): on a
+virtual rig whose broker speaks TLS on certificates made for the session, the device's
+firmware carries that CA, so the server shows a certificate it issued. Elsewhere they serve
+plain HTTP: nothing tells which CA a lab's device carries (`hil ota serve --tls-cert
+--tls-key` serves HTTPS on the lab's own pair).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from hil.broker.tls import LOOPBACK_NAMES, BrokerPki
 from hil.profile import HttpOtaContract
 from hil.protocol.image import ImageError, parse_image
 
@@ -398,3 +405,11 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
             "must be PEM and the key the certificate's"
         ) from None
     return context
+
+
+def session_https(pki: BrokerPki | None, host: str) -> ssl.SSLContext | None:
+    """The server's TLS when the session made the device's CA (`pki`) and the device reaches
+    the server (`host`) by a name that CA's server certificate carries; else None (HTTP)."""
+    if pki is None or host not in LOOPBACK_NAMES:
+        return None
+    return tls_context(str(pki.server.cert), str(pki.server.key))
