@@ -22,7 +22,7 @@ from hil.protocol import http_ota
 from hil.protocol.crypto import DecryptError
 from hil.sim.atclient import AtClient, AtError, AtTimeout
 from hil.sim.echo import Echo, is_base64
-from hil.sim.flash import Flash
+from hil.sim.flash import Flash, Rollback
 from hil.sim.http_ota import HttpOta
 from hil.sim.options import SimOptions
 from hil.sim.ota_receiver import OtaReceiver, Step
@@ -135,7 +135,7 @@ class Firmware:
         self._http = HttpOta(
             profile, self._faults, self._cmd, self._publish, self._say, self._running_version
         )
-        self._rolled_back: str | None = None  # the version the bootloader rolled back from
+        self._rolled_back: Rollback | None = None  # the app given up on, not yet reported
         self._pending_status: list[str] = []
         self._client_id: str | None = None  # kept for good only by the takeover_loop bug
         self._state = INIT_MODEM
@@ -170,8 +170,7 @@ class Firmware:
             self._say("Rebooting...")
             return Reset.SW_CPU
         self._flash.confirm()
-        rolled_back = self._flash.take_rollback()
-        self._rolled_back = rolled_back.version if rolled_back else None
+        self._rolled_back = self._flash.unreported_rollback()
         self._lcd("Booting...")
         reader = self._loop.create_task(self._at.run())
         try:
@@ -435,9 +434,10 @@ class Firmware:
 
     async def _running(self) -> str:
         try:
-            if self._rolled_back is not None:
+            if self._rolled_back is not None:  # said once, noted in NVS once it is out
                 rollback = self._profile.http_ota.rollback
-                await self._publish(http_ota.fill(rollback, version=self._rolled_back))
+                await self._publish(http_ota.fill(rollback, version=self._rolled_back.app.version))
+                self._flash.rollback_reported(self._rolled_back)
                 self._rolled_back = None
             await self._publish(f"STATUS:ONLINE:{self._flash.running.version}")
             while self._pending_status:

@@ -11,6 +11,15 @@ when otadata is erased or selects ota_0.
 
 The bootloader logs at warning level, so only its E lines reach the console.
 
+What the app learns of a rollback it learns from flash too: esp_ota_get_last_invalid_partition
+(ESP-IDF v5 esp_ota_ops.c) finds the otadata entry marked INVALID or ABORTED, the lower sequence
+number of two, and the app in the slot it maps to, if that app still verifies. The reference
+firmware reports it once, keeping in NVS which one it last reported: the entry's sequence
+number and the app's esp_app_desc_t (a later update may fail in the same slot with the same
+number). The twin does not model NVS's page format: it keeps that one value as a record of its
+own at the start of the nvs partition (0x9000), so it outlives power as NVS does and an erased
+flash forgets it.
+
 With a flash file (`[sim] flash`), the whole 4 MB image outlives the twin as a board's flash
 outlives power cycles and runs: loaded at start (the factory state when the file is missing)
 and kept after every operation that changed it, replaced in one step, so a twin killed at any
@@ -41,6 +50,10 @@ SELFTEST_FAIL_SUFFIX = "-selftest-fail"
 DEFAULT_PROJECT = "esp32-sim7600"
 
 OTADATA = 0xD000
+NVS = 0x9000  # the nvs partition: the firmware's "rollback reported" value (see above)
+REPORTED = struct.Struct("<4sI")  # magic, CRC-32 of the reported entry's seq and app descriptor
+REPORTED_MAGIC = b"RBK1"
+APP_DESC = 0x20, 256  # where esp_app_desc_t lies in an app image, and its size
 SLOTS = ((0x10000, 0x1E0000), (0x1F0000, 0x1E0000))  # (offset, size) of ota_0 and ota_1
 ENTRY = struct.Struct("<I20sII")  # esp_ota_select_entry_t: seq, label, state, crc
 ERASED_SEQ = 0xFFFFFFFF
@@ -164,6 +177,20 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class Rollback:
+    """The app the bootloader or the app itself gave up on, by its otadata sequence number."""
+
+    seq: int
+    app: App
+    desc: bytes  # its esp_app_desc_t as the slot holds it
+
+    @property
+    def key(self) -> int:
+        """What the firmware keeps in NVS to know this rollback again."""
+        return zlib.crc32(struct.pack("<I", self.seq) + self.desc)
+
+
+@dataclass(frozen=True)
 class Boot:
     """One run of the bootloader: the app it started (None: none bootable) and what it logged."""
 
@@ -190,7 +217,6 @@ class Flash:
         self.running = App(version, DEFAULT_PROJECT)
         self.slot = 0
         self._clock_ms = 0
-        self._rolled_back: App | None = None
 
     def close(self) -> None:
         """Give the flash file up for another twin; safe to call more than once."""
@@ -313,11 +339,37 @@ class Flash:
         index = self._running_entry()
         if index is not None:
             self._write_entry(index, self._entry(index).seq, INVALID)
-            self._rolled_back = self.running
 
-    def take_rollback(self) -> App | None:
-        """The app rolled back from since the last call: what the app that runs again learns
-        from esp_ota_get_last_invalid_partition, to report it once (a flag the reference
-        firmware keeps in NVS; the twin keeps it while it runs)."""
-        app, self._rolled_back = self._rolled_back, None
-        return app
+    def last_invalid(self) -> Rollback | None:
+        """esp_ota_get_last_invalid_partition and the app description of that slot: None when
+        no entry is INVALID or ABORTED, or its slot holds no app that verifies."""
+        entries = [self._entry(0), self._entry(1)]
+        invalid = [
+            entry
+            for entry in entries
+            if entry.seq != ERASED_SEQ
+            and entry.crc == _crc(entry.seq)
+            and entry.state in (INVALID, ABORTED)
+        ]
+        if not invalid:
+            return None
+        seq = min(entry.seq for entry in invalid)  # bootloader_common_select_otadata(.., false)
+        offset, size = SLOTS[(seq - 1) % len(SLOTS)]
+        app = verify(self.chip, offset, size).app
+        if app is None:
+            return None
+        return Rollback(seq, app, self.chip.read(offset + APP_DESC[0], APP_DESC[1]))
+
+    def unreported_rollback(self) -> Rollback | None:
+        """The last invalid app, unless the firmware already reported it (its NVS value)."""
+        rollback = self.last_invalid()
+        magic, key = REPORTED.unpack(self.chip.read(NVS, REPORTED.size))
+        if rollback is None or (magic == REPORTED_MAGIC and key == rollback.key):
+            return None
+        return rollback
+
+    @_kept
+    def rollback_reported(self, rollback: Rollback) -> None:
+        """nvs_set_blob and nvs_commit of what identifies the rollback just reported."""
+        self.chip.erase(NVS, SECTOR)
+        self.chip.program(NVS, REPORTED.pack(REPORTED_MAGIC, rollback.key))

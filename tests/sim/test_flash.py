@@ -134,6 +134,51 @@ def test_an_update_never_confirmed_before_the_twin_stopped_is_rolled_back_by_the
     assert booted(Flash("1.0.0", file)) == "1.0.0"
 
 
+def rolled_back_from(flash: Flash) -> str | None:
+    """What the app, started on `flash`, would report as the version it was rolled back from."""
+    booted(flash)
+    flash.confirm()
+    rollback = flash.unreported_rollback()
+    return rollback.app.version if rollback else None
+
+
+def test_a_rollback_is_reported_from_flash_after_a_power_cycle_and_only_once(tmp_path):
+    file = tmp_path / "flash.bin"
+    flash = Flash("1.0.0", file)
+    booted(flash)
+    flash.stage(build_image("2.0.0", project="hil-selftest-fail"))
+    assert booted(flash) == "2.0.0" and flash.self_test_fails()
+    flash.rollback()
+    flash.close()  # power goes before the old app, booted again, could say so
+
+    again = Flash("1.0.0", file)
+    assert rolled_back_from(again) == "2.0.0"
+    assert slot_version(file, 1, tmp_path) == "2.0.0", "what it reports is what ota_1 holds"
+    again.close()  # and again before the report went out
+    again = Flash("1.0.0", file)
+    rollback = again.unreported_rollback()
+    assert rollback is not None and booted(again) == "1.0.0"
+    again.rollback_reported(rollback)
+    again.close()
+
+    reported = Flash("1.0.0", file)
+    assert rolled_back_from(reported) is None, "reported once"
+    reported.stage(build_image("2.0.1", project="hil-selftest-fail"))
+    assert booted(reported) == "2.0.1"
+    reported.rollback()
+    assert rolled_back_from(reported) == "2.0.1", "a new rollback is news again"
+
+
+def test_an_update_aborted_by_the_bootloader_is_a_rollback_too_unless_its_slot_is_gone():
+    flash = Flash("1.0.0")
+    booted(flash)
+    flash.stage(build_image("2.0.0"))
+    assert booted(flash) == "2.0.0"  # never confirmed: ABORTED at the next boot
+    assert rolled_back_from(flash) == "2.0.0"
+    flash.chip.erase(*SLOTS[1])  # esp_ota_get_last_invalid_partition validates the image
+    assert flash.unreported_rollback() is None
+
+
 def test_a_serial_write_is_kept_when_the_twin_keeps_the_flash(tmp_path):
     file = tmp_path / "flash.bin"
     flash = Flash("1.0.0", file)
