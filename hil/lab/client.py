@@ -14,6 +14,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import copy
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +41,22 @@ class PlaceResource:
     @property
     def cls(self) -> str:
         return self.path[2]
+
+
+def _labgrid_unreachable(record: logging.LogRecord) -> bool:
+    """False for labgrid's own `coordinator is unavailable` line, logged on the root logger
+    while its session connects: LabClient.start says it once, with the fix."""
+    return not (record.msg == "coordinator is unavailable: %s" and "labgrid" in record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_unreachable() -> Any:
+    root = logging.getLogger()
+    root.addFilter(_labgrid_unreachable)
+    try:
+        yield
+    finally:
+        root.removeFilter(_labgrid_unreachable)
 
 
 class LabClient:
@@ -77,7 +94,8 @@ class LabClient:
             "[labgrid] coordinator (or LG_COORDINATOR)"
         )
         try:
-            self._session = self._run(connect, timeout, "a new session")
+            with _quiet_unreachable():
+                self._session = self._run(connect, timeout, "a new session")
         except (ServerError, LabError):
             self.close()
             raise LabError(unreachable) from None

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,7 @@ from hil.power.labgrid import LabgridPower, LabgridPowerOptions
 from hil.rig import load_rig
 from hil.schema import ConfigError
 
-from .conftest import needs_labgrid
+from .conftest import HIL, needs_labgrid
 
 RIG = """
 [rig]
@@ -110,3 +112,21 @@ def test_hil_power_on_an_unreachable_coordinator_is_one_line(tmp_path: Path, cap
     err = capsys.readouterr().err.strip()
     assert err.startswith("hil power: cannot reach the labgrid coordinator at 127.0.0.1:9;"), err
     assert len(err.splitlines()) == 1
+
+
+@needs_labgrid
+def test_hil_lab_places_on_an_unreachable_coordinator_says_it_once() -> None:
+    """In its own process, as a user runs it: labgrid's client logs `coordinator is
+    unavailable` on the root logger while it connects; only hil's line, with the fix, shows."""
+    done = subprocess.run(
+        [sys.executable, "-c", HIL, "lab", "places", "--coordinator", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "hil lab: cannot reach the labgrid coordinator at 127.0.0.1:9; check that it runs "
+        "and [labgrid] coordinator (or LG_COORDINATOR)"
+    ], done.stderr
