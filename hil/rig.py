@@ -147,22 +147,22 @@ class Rig:
                 f"  place:   {self.labgrid.place} on the labgrid coordinator "
                 f"{self.labgrid.coordinator} (waits up to {self.labgrid.wait_s:g} s for it)"
             )
-        lines.append(f"  console: {self.console.name} {_options_text(self.console.options)}")
+        lines.append(f"  console: {_driver_text(self.console.name, self.console.options)}")
         if self.power:
             nc = " (normally closed)" if self.power_common.normally_closed else ""
-            lines.append(f"  power:   {self.power.name}{nc} {_options_text(self.power.options)}")
+            lines.append(f"  power:   {_driver_text(self.power.name + nc, self.power.options)}")
         else:
             lines.append("  power:   none (tests that need power control are skipped)")
         if self.board_power:
             nc = " (normally closed)" if self.board_power_common.normally_closed else ""
             lines.append(
-                f"  board:   {self.board_power.name}{nc} {_options_text(self.board_power.options)}"
+                f"  board:   {_driver_text(self.board_power.name + nc, self.board_power.options)}"
             )
         if self.reset:
-            lines.append(f"  reset:   {self.reset.name} {_options_text(self.reset.options)}")
+            lines.append(f"  reset:   {_driver_text(self.reset.name, self.reset.options)}")
         if self.boot_strap:
             lines.append(
-                f"  strap:   {self.boot_strap.name} {_options_text(self.boot_strap.options)} "
+                f"  strap:   {_driver_text(self.boot_strap.name, self.boot_strap.options)} "
                 "(on holds GPIO0 low)"
             )
         if self.firmware:
@@ -175,7 +175,7 @@ class Rig:
                 "  bring-up: no [board_power] or [reset]: the run trusts a retained "
                 "STATUS:ONLINE, if the broker holds one"
             )
-        lines.append(f"  broker:  {self.broker.name} {_options_text(self.broker.options)}")
+        lines.append(f"  broker:  {_driver_text(self.broker.name, self.broker.options)}")
         if self.proxy:
             lines.append(f"  proxy:   MQTT proxy for the device on {self.proxy.text}")
         lines.append(f"  profile: {self.profile.name}")
@@ -186,6 +186,11 @@ class Rig:
                 f"{self.sim.time_scale}, rtt {self.sim.rtt_ms:g} ms, faults: {faults}"
             )
         return lines
+
+
+def _driver_text(name: str, options: Any) -> str:
+    """A driver's name and, when it was given any, its options apart from their defaults."""
+    return " ".join(filter(None, (name, _options_text(options))))
 
 
 def _options_text(options: Any) -> str:

@@ -68,8 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     rigs = verbs.add_parser("rigs", help="rig files")
     rig_verbs = rigs.add_subparsers(dest="rig_verb", required=True)
-    check = rig_verbs.add_parser("check", help="validate a rig file and say what it found")
-    check.add_argument("path", type=Path)
+    check = rig_verbs.add_parser(
+        "check",
+        help="validate rig files and say what each holds",
+        description="Validate each rig file and say what it holds: its parts, whether its "
+        "ports are present now, its broker password variable set. Exit status 1 when any "
+        "file lists something to fix.",
+    )
+    check.add_argument(
+        "paths",
+        nargs="+",
+        metavar="R",
+        help="a rig file, or a folder of them (a pool: every *.toml in it), as --rig takes",
+    )
     check.set_defaults(func=rigs_check)
 
     for verb, module, text in (

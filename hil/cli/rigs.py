@@ -1,8 +1,10 @@
-"""`hil rigs check R`: validate a rig file and say what it found.
+"""`hil rigs check R...`: validate rig files and say what each holds.
 
-The exit status is 0 only for a rig fit to run: valid, its ports present (for a rig with
-`[labgrid]`: its place there and exporting the ports the rig names) and its password variable
-set. Anything listed to fix exits 1, so a script or CI step can rely on the check.
+R is what `--rig` takes: a rig file, or a folder (a pool: every `*.toml` in it), as often as
+needed; each file is checked and reported in turn. The exit status is 0 only when every rig is
+fit to run: valid, its ports present (for a rig with `[labgrid]`: its place there and
+exporting the ports the rig names) and its password variable set. Anything listed to fix, in
+any file, exits 1, so a script or CI step can rely on the check.
 """
 
 from __future__ import annotations
@@ -13,29 +15,57 @@ import sys
 from pathlib import Path
 
 from hil.lab import resource_names
+from hil.pool import folder_name, rig_files
 from hil.rig import SIM_DIR, Rig, load_rig
 from hil.schema import ConfigError
 
 
 def check(args: argparse.Namespace, extra: list[str]) -> int:
     try:
-        rig = load_rig(args.path)
+        files = rig_files(args.paths, Path.cwd())
     except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(f"hil rigs check: {line}", file=sys.stderr)
-        if len(exc.errors) > 1:
-            print(
-                f"hil rigs check: {len(exc.errors)} problems; fix them and check again",
-                file=sys.stderr,
-            )
+        _errors(exc)
         return 1
+    names: dict[str, Path] = {}
+    failed = 0
+    for number, path in enumerate(files):
+        if number:
+            print()
+        failed += _check_file(path, names)
+    if len(files) > 1:
+        verdict = f"{failed} of them to fix (exit status 1)" if failed else "all OK"
+        print(f"\n{len(files)} rig files checked: {verdict}")
+    return 1 if failed else 0
+
+
+def _check_file(path: Path, names: dict[str, Path]) -> bool:
+    """Check and report one rig file; True when it needs fixing."""
+    try:
+        rig = load_rig(path)
+    except ConfigError as exc:
+        _errors(exc)
+        return True
     print("\n".join(rig.summary()))
     problems = _ports(rig) + _place(rig) + _password(rig)
+    other = names.setdefault(folder_name(rig.name), rig.path)
+    if other != rig.path:  # as a pool given to --rig refuses it
+        print(f"  name {rig.name!r}: {other} has it too; each rig of a pool needs its own")
+        problems += 1
     if problems:
         print(f"rig file OK, but {problems} thing(s) to fix before a run (exit status 1)")
-        return 1
+        return True
     print("rig file OK")
-    return 0
+    return False
+
+
+def _errors(exc: ConfigError) -> None:
+    for line in str(exc).splitlines():
+        print(f"hil rigs check: {line}", file=sys.stderr)
+    if len(exc.errors) > 1:
+        print(
+            f"hil rigs check: {len(exc.errors)} problems; fix them and check again",
+            file=sys.stderr,
+        )
 
 
 def _ports(rig: Rig) -> int:

@@ -257,6 +257,47 @@ def test_rigs_check_exits_1_for_an_unset_password_variable(tmp_path, capsys, mon
     assert "HIL_TEST_NO_SUCH_PW: NOT SET" in capsys.readouterr().out
 
 
+def test_rigs_check_takes_a_pool_folder_and_reports_each_file(tmp_path: Path, capsys) -> None:
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    shutil.copy(ROOT / "rigs" / "sim.toml", pool / "a.toml")
+    (pool / "b.toml").write_text(GOOD + "[limits]\nboot_s = 0\n")
+    assert main(["rigs", "check", str(pool)]) == 1
+    out, err = capsys.readouterr()
+    assert f"from {pool / 'a.toml'}" in out and "rig file OK" in out
+    assert str(pool / "b.toml") in err and "[limits.boot_s]" in err
+    assert "2 rig files checked: 1 of them to fix" in out
+
+
+def test_rigs_check_takes_several_files_and_exits_0_when_all_are_fit(tmp_path, capsys) -> None:
+    shutil.copy(ROOT / "rigs" / "sim.toml", tmp_path / "a.toml")
+    (tmp_path / "b.toml").write_text(
+        (ROOT / "rigs" / "sim.toml").read_text().replace('name = "virtual"', 'name = "virtual-b"')
+    )
+    assert main(["rigs", "check", str(tmp_path / "a.toml"), str(tmp_path / "b.toml")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("rig file OK") == 2 and "2 rig files checked: all OK" in out
+
+
+def test_rigs_check_refuses_two_rigs_of_one_name_as_a_pool_does(tmp_path, capsys) -> None:
+    for name in ("a", "b"):
+        shutil.copy(ROOT / "rigs" / "sim.toml", tmp_path / f"{name}.toml")
+    assert main(["rigs", "check", str(tmp_path)]) == 1
+    assert f"name 'virtual': {tmp_path / 'a.toml'} has it too" in capsys.readouterr().out
+
+
+def test_rigs_check_names_an_empty_folder(tmp_path: Path, capsys) -> None:
+    assert main(["rigs", "check", str(tmp_path)]) == 1
+    assert "holds no *.toml rig file" in capsys.readouterr().err
+
+
+def test_rigs_check_lines_end_without_a_space(capsys) -> None:
+    assert main(["rigs", "check", str(ROOT / "rigs" / "sim.toml")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "  broker:  mosquitto" in lines
+    assert [line for line in lines if line.endswith(" ")] == []
+
+
 def test_rigs_check_lists_every_error_and_exits_1(tmp_path: Path, capsys) -> None:
     text = GOOD + "[limits]\nboot_s = 0\nreboot_s = -1\n"
     assert main(["rigs", "check", str(write(tmp_path, text))]) == 1
