@@ -123,6 +123,13 @@ class BrokerSession:
             return self._refused
         try:
             await self._client.__aenter__()
+        except asyncio.CancelledError:  # the power went, or the twin stops, mid-connect
+            # aiomqtt leaves the socket open, the broker waiting on it; when it closes, aiomqtt's
+            # callback asks the cancelled CONNACK future for its exception and raises.
+            with contextlib.suppress(OSError):
+                self._client._client._sock_close()
+            self._collect()
+            raise
         except aiomqtt.MqttCodeError as exc:
             code = exc.rc if isinstance(exc.rc, int) else getattr(exc.rc, "value", 1)
             return _REFUSED.get(code, SOCK_CONNECT_FAIL)
@@ -216,6 +223,7 @@ class BrokerSession:
         await self._stop_reader()
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             await self._client.__aexit__(None, None, None)
+        self._collect()
 
     async def abort(self) -> None:
         """Go silent, as a modem losing power does: no DISCONNECT, no FIN, no RST.
@@ -239,6 +247,20 @@ class BrokerSession:
                 paho._sock_close()  # unregisters from the event loop, then closes its fd
         with contextlib.suppress(aiomqtt.MqttError, OSError, Exception):
             await asyncio.wait_for(self._client.__aexit__(None, None, None), 2.0)
+        self._collect()
+
+    def _collect(self) -> None:
+        """Take the outcome aiomqtt left on its connection futures, now nothing else will.
+
+        A connection the broker drops while the session closes (a stopping twin whose broker
+        stops too) leaves an "Unexpected disconnection" on aiomqtt's `_disconnected`: the
+        reader that would have taken it is cancelled, and aiomqtt's exit returns early on a
+        future already done without taking it. Untaken, asyncio logs it at garbage collection
+        as "Future exception was never retrieved".
+        """
+        for future in (self._client._connected, self._client._disconnected):
+            if future.done() and not future.cancelled():
+                future.exception()
 
     async def _stop_reader(self) -> None:
         if self._keepalive_task is not None:
