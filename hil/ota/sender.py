@@ -3,10 +3,14 @@
 The device writes chunks strictly in order, so `OTA:PROGRESS:n/total` acknowledges every chunk
 up to n (cumulative), and `OTA:REQUEST:n` says all below n are written and n is missing. The
 sender therefore runs go-back-N: on a request or a silent `reply_timeout` it resends from the
-oldest missing chunk. How many chunks are in flight is `hil.ota.window`'s: sized from the
-link by default, or a fixed number (1 is the seed server's stop-and-wait). The sender knows
-nothing of MQTT: it gets a `publish` coroutine for the firmware topic and a queue of parsed
-answers, and runs the coroutine that fills that queue as a task it watches and always collects.
+oldest missing chunk. Every chunk in flight above a gap draws its own REQUEST for it; those
+are counted off, so only a REQUEST beyond them (the resent chunk lost again) resends again. A
+lost last chunk draws no REQUEST: after PROBE_RTTS round trips of silence it is sent again,
+before the reply timeout. How many chunks are in flight, and after a loss at what pace, is
+`hil.ota.window`'s: sized from the link by default, or a fixed number (1 is the seed server's
+stop-and-wait). The sender knows nothing of MQTT: it gets a `publish` coroutine for the
+firmware topic and a queue of parsed answers, and runs the coroutine that fills that queue as a
+task it watches and always collects.
 
 BEGIN and END are lost like chunks (each is one more message on the firmware topic), so each
 is resent after `reply_timeout` without its answer, up to the retry budget. What a resend
@@ -58,6 +62,7 @@ from hil.protocol.ota import (
 log = logging.getLogger("hil.ota")
 
 DEFAULT_WINDOW: Window = AUTO
+PROBE_RTTS = 2  # silence, in shortest chunk round trips, before the last chunk goes again
 
 Publish = Callable[[str], Awaitable[None]]
 ProgressCallback = Callable[[int, int, int], None]  # bytes acknowledged, total, retransmissions
@@ -271,29 +276,37 @@ class _Transfer:
         self.peak = 0  # the most chunks in flight at once
         self.sent_at: dict[int, float] = {}
         self.resent: set[int] = set()
-        self.went_back_at: dict[int, float] = {}
+        self.echoes: Counter[int] = Counter()  # REQUESTs for a chunk still due from before
         self.retries: Counter[int] = Counter()
         self.retransmissions = 0
         self.requests_seen = 0
-        self.srtt = 0.0
         self.progress_at = self.timer_at = 0.0
         self.last_answer: OtaReply | None = None
-        self.begun_at = 0.0  # when the last BEGIN was sent
         self.begins_unanswered = 0  # BEGINs sent whose answer (READY or busy) has not come
+        self.probed_at: float | None = None  # the silence (its timer_at) already probed
+        self.send_at = 0.0  # when the window's pace lets the next chunk go
 
     async def run(self) -> OtaResult:
         started = self.loop.time()
         await self._begin()
         self.progress_at = self.timer_at = self.loop.time()
-        self.srtt = self.progress_at - self.begun_at  # BEGIN to its answer: a round trip
         while self.base < self.limit:
             await self._fill()
-            reply = await self._reply(self.timer_at + self.s.reply_timeout)
-            if reply is None:
-                self._go_back(self.base)
-                self.window.timed_out()
-            else:
+            timeout_at = self.timer_at + self.s.reply_timeout
+            probe_at = self._probe_at()
+            wake = timeout_at if probe_at is None else probe_at
+            paced = self.next < min(self.limit, self.base + self.window.size)
+            reply = await self._reply(min(wake, self.send_at) if paced else wake)
+            if reply is not None:
                 self._handle(reply)
+            elif paced and self.loop.time() < wake:
+                pass  # the next chunk's turn
+            elif probe_at is not None:
+                await self._probe()
+            else:
+                log.debug("no answer for %g s: back to chunk %d", self.s.reply_timeout, self.base)
+                self._go_back(self.base, self.next - self.base - 1)
+                self.window.timed_out()
         answer = await self._end()
         return OtaResult(
             size=len(self.image),
@@ -326,10 +339,9 @@ class _Transfer:
         command = begin(len(self.image))
         first = self.loop.time()
         for sent in range(1, self.s.max_retries + 2):
-            self.begun_at = self.loop.time()
+            deadline = self.loop.time() + self.s.reply_timeout
             await self.s.publish(command)
             self.begins_unanswered = sent
-            deadline = self.begun_at + self.s.reply_timeout
             while (reply := await self._reply(deadline)) is not None:
                 match reply:
                     case Ready(size=size) if size == len(self.image):
@@ -391,6 +403,11 @@ class _Transfer:
         """Send until the window is full; a plan's reordered pair or dropped run may go beyond."""
         plan = self.s.faults
         while self.next < min(self.limit, self.base + self.window.size):
+            now = self.loop.time()
+            if now < self.send_at:
+                break
+            gap = self.window.pace(now)
+            self.send_at = now + gap if gap else now
             if self.next < self.fresh:
                 await self._send(self.next)
                 self.resent.add(self.next)
@@ -405,6 +422,25 @@ class _Transfer:
                 await self._send(number)
             self.next = self.fresh = self.next + consumed
         self.peak = max(self.peak, self.next - self.base)
+
+    def _probe_at(self) -> float | None:
+        """When to send the last chunk again: all are sent and the answers stopped coming.
+
+        A lost last chunk has no later one to draw a REQUEST, so the device stays silent; so
+        does a device that lost the resent last chunks. After PROBE_RTTS shortest round trips
+        without an answer the last chunk goes again, once per silence, as TCP's tail loss
+        probe: to a device that has it, it is a duplicate, answered with its PROGRESS.
+        """
+        rtt = self.window.rtt
+        if self.next < self.limit or rtt is None or self.probed_at == self.timer_at:
+            return None
+        return min(self.timer_at + PROBE_RTTS * rtt, self.timer_at + self.s.reply_timeout)
+
+    async def _probe(self) -> None:
+        self.probed_at = self.timer_at
+        await self._send(self.limit - 1)
+        self.resent.add(self.limit - 1)
+        self.retransmissions += 1
 
     async def _send(self, number: int) -> None:
         data = self.s.faults.data(number, self.chunks[number])
@@ -424,9 +460,16 @@ class _Transfer:
             case Request(number=number):
                 self.requests_seen += 1
                 self._acknowledge(number - 1)
-                if not self._stale(number):
-                    self._go_back(number)
-                    self.window.went_back()
+                if number < self.base:
+                    pass  # answered already
+                elif self.echoes[number]:
+                    self.echoes[number] -= 1
+                else:  # the one REQUEST of chunks sent after the last resend of this chunk
+                    log.debug(
+                        "REQUEST:%d, %d sent above it: going back", number, self.next - number
+                    )
+                    self._go_back(number, self.next - number - 2)
+                    self.window.went_back(self.loop.time())
             case Error(reason=reason):
                 raise OtaRefused(reason, f"chunk {self.base} of {self.total}")
             case Success():
@@ -442,7 +485,6 @@ class _Transfer:
         rtt = None
         if number not in self.resent:  # Karn: a resent chunk's answer is ambiguous
             rtt = now - self.sent_at[number]
-            self.srtt += (rtt - self.srtt) / 8
         self.window.acknowledged(now, number + 1 - self.base, rtt)
         self.base = number + 1
         self.next = max(self.next, self.base)
@@ -451,19 +493,14 @@ class _Transfer:
             acked = min(self.base * self.s.data_size, len(self.image))
             self.s.on_progress(acked, len(self.image), self.retransmissions)
 
-    def _stale(self, number: int) -> bool:
-        """A request already answered: below the window, or echoing a go-back within one RTT.
+    def _go_back(self, number: int, echoes: int) -> None:
+        """Resend from `number` on the next fill, or give up once its retries are spent.
 
-        Every chunk in flight above a gap draws its own REQUEST for the gap; only the first
-        of them should resend the window.
+        Each of the `echoes` chunks in flight above it that reaches the device draws its own
+        REQUEST for it: those are answered by this resend. Only a REQUEST beyond them says the
+        resent chunk was lost too. Counting, not timing: the echoes arrive over as long as the
+        queue in front of the device takes to drain, which can outlast a round trip.
         """
-        went_back = self.went_back_at.get(number)
-        return number < self.base or (
-            went_back is not None and self.loop.time() - went_back < self.srtt
-        )
-
-    def _go_back(self, number: int) -> None:
-        """Resend from `number` on the next fill, or give up once its retries are spent."""
         now = self.loop.time()
         if self.retries[number] >= self.s.max_retries:
             raise OtaTimeout(
@@ -475,5 +512,6 @@ class _Transfer:
                 waited=now - self.progress_at,
             )
         self.retries[number] += 1
-        self.went_back_at[number] = self.timer_at = now
+        self.echoes[number] = max(0, echoes)
+        self.timer_at = now
         self.next = number

@@ -17,10 +17,17 @@ product in flight for delayed and aggregated acknowledgements, for the same reas
 its UART busy with no link latency at all. It moves towards that size by at most the chunks
 each answer acknowledges, so it at most doubles per round trip, shrinks by half that, and never
 exceeds its cap.
+
+On a lossy link that queue costs: the device discards every chunk after a lost one until the
+resent one arrives, and the resent one waits behind all queued in front of it, so a lost chunk
+idles the device for the queue's time as well as a round trip. For DRAIN_RTTS round trips after
+a loss the chunks are therefore paced at the highest answer rate (DRAIN_PACE of it), as BBR
+paces at the measured bandwidth: the queue drains and stays short. A clean link is never paced.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Literal
 
@@ -31,6 +38,8 @@ INITIAL_WINDOW = 8  # before any measurement: ~580 ms of UART time, a short LTE 
 MAX_WINDOW = 64  # 32 kB in flight, ~4.6 s of UART time: well within a 20 s answer limit
 GAIN = 2.0  # chunks in flight per chunk of bandwidth-delay product
 MARGIN = INITIAL_WINDOW  # chunks in flight besides: window 8 keeps the UART busy at 50 ms
+DRAIN_RTTS = 8  # round trips after a lost chunk in which chunks are paced
+DRAIN_PACE = 0.9  # chunks sent per chunk acknowledged while paced: a queue drains
 RATE_SPAN_RTTS = 10  # answer-rate samples older than this many round trips are forgotten
 
 
@@ -48,7 +57,11 @@ class FixedWindow:
         if rtt is not None and (self.rtt is None or rtt < self.rtt):
             self.rtt = rtt
 
-    def went_back(self) -> None:
+    def pace(self, now: float) -> float | None:
+        """No pace: the window alone says when."""
+        return None
+
+    def went_back(self, now: float) -> None:
         """A gap resent: the size stays."""
 
     def timed_out(self) -> None:
@@ -67,6 +80,7 @@ class AutoWindow:
         self._acked = 0  # chunks acknowledged in all
         self._answers: deque[tuple[float, int]] = deque()  # (time, chunks acknowledged by then)
         self._rates: deque[tuple[float, float]] = deque()  # (time, chunks per second)
+        self._drain_until = -math.inf  # loop time until which chunks are paced
 
     @property
     def size(self) -> int:
@@ -101,13 +115,27 @@ class AutoWindow:
         else:
             self.window = max(target, self.window - chunks / 2)
 
-    def went_back(self) -> None:
+    def pace(self, now: float) -> float | None:
+        """Seconds from one chunk to the next for a while after a loss, else None (no pace).
+
+        Sent at the answer rate, chunks cross the link as fast as the device takes them and
+        no queue builds in front of it, while the window still covers late answers.
+        """
+        rate = self.rate
+        if rate is None or now >= self._drain_until:
+            return None
+        return 1 / (DRAIN_PACE * rate)
+
+    def went_back(self, now: float) -> None:
         """A gap resent after a REQUEST: the device lost a chunk, not a measure of the link.
 
         Every chunk in flight after the lost one was discarded and is resent, so the window
         is halved for the resend; it grows back towards the measured size as answers come.
+        For DRAIN_RTTS round trips the chunks are then paced (see `pace`).
         """
         self.window = max(1.0, self.window / 2)
+        if self.rtt is not None:
+            self._drain_until = now + DRAIN_RTTS * self.rtt
 
     def timed_out(self) -> None:
         """No answer within the reply timeout: the link is not the one measured.

@@ -93,8 +93,12 @@ class FakeDevice:
 class DelayLine:
     """Delivers items `latency` seconds after they are put, in order."""
 
-    def __init__(self, latency: float, deliver: Callable[[Any], None]) -> None:
+    def __init__(
+        self, latency: float, deliver: Callable[[Any], None], spacing: float = 0.0
+    ) -> None:
         self.latency = latency
+        self.spacing = spacing  # at most one item per this many seconds: a narrow end's queue
+        self.last_due = 0.0
         self.deliver = deliver
         self.pending: asyncio.Queue[tuple[float, Any]] = asyncio.Queue()
         self.task = asyncio.create_task(self._run())
@@ -102,6 +106,7 @@ class DelayLine:
     def put(self, item: Any, extra: float = 0.0) -> None:
         """`extra` seconds more for this item; the ones behind it wait for it, in order."""
         due = asyncio.get_running_loop().time() + self.latency + extra
+        self.last_due = due = max(due, self.last_due + self.spacing)
         self.pending.put_nowait((due, item))
 
     async def _run(self) -> None:
@@ -118,11 +123,17 @@ class Bench:
     It watches both directions to know how many chunks are in flight at every publish. `lose`
     counts messages to lose on the way, either way, by how they start: {"OTA:END": 1} loses
     the first END, {"OTA:READY": 2} the first two READYs. `slow` delays the first answer
-    starting so by that many seconds more.
+    starting so by that many seconds more. `spacing` is the time each message takes towards
+    the device, so more in flight than the link holds queue there, as in the modem.
     """
 
     def __init__(
-        self, device: FakeDevice, latency: float, lose: dict[str, int], slow: dict[str, float]
+        self,
+        device: FakeDevice,
+        latency: float,
+        lose: dict[str, int],
+        slow: dict[str, float],
+        spacing: float = 0.0,
     ) -> None:
         self.device = device
         self.lose = Counter(lose)
@@ -133,7 +144,7 @@ class Bench:
         self.outstanding: set[int] = set()  # chunk numbers published, not yet acknowledged
         self.events: list[str] = []  # "send:<n>" and the answers, as the sender sees them
         self.in_flight: list[tuple[int, int]] = []  # (index in events, chunks unacknowledged)
-        self.down = DelayLine(latency, self._to_device)
+        self.down = DelayLine(latency, self._to_device, spacing)
         self.up = DelayLine(latency, self._to_sender)
 
     async def publish(self, payload: str) -> None:
@@ -181,17 +192,18 @@ MakeBench = Callable[..., Bench]
 
 @pytest.fixture
 async def bench() -> AsyncIterator[MakeBench]:
-    """Factory: bench(latency=0.001, lose={}, slow={}, **FakeDevice fields) -> Bench, closed
-    after the test."""
+    """Factory: bench(latency=0.001, lose={}, slow={}, spacing=0, **FakeDevice fields) ->
+    Bench, closed after the test."""
     made: list[Bench] = []
 
     def make(
         latency: float = 0.001,
         lose: dict[str, int] | None = None,
         slow: dict[str, float] | None = None,
+        spacing: float = 0.0,
         **device: Any,
     ) -> Bench:
-        made.append(Bench(FakeDevice(**device), latency, lose or {}, slow or {}))
+        made.append(Bench(FakeDevice(**device), latency, lose or {}, slow or {}, spacing))
         return made[-1]
 
     yield make

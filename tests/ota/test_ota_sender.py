@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 
 from hil.ota import FaultPlan, OtaRefused, OtaSender, OtaTimeout
-from hil.ota.window import GAIN, INITIAL_WINDOW, MARGIN, MAX_WINDOW, AutoWindow, make_window
+from hil.ota.window import (
+    DRAIN_PACE,
+    DRAIN_RTTS,
+    GAIN,
+    INITIAL_WINDOW,
+    MARGIN,
+    MAX_WINDOW,
+    AutoWindow,
+    make_window,
+)
 from hil.profile import load_profile
 from hil.protocol import ota
 from hil.protocol.image import build_image
@@ -108,6 +117,26 @@ async def test_one_gap_resends_the_window_once(bench: Any) -> None:
     assert result.requests_seen == 7
     assert result.retransmissions == 8
     assert max(Counter(b.device.received).values()) == 2
+
+
+async def test_a_gap_behind_a_queue_is_resent_once(bench: Any) -> None:
+    """Behind a queue the REQUESTs of the chunks above a gap arrive over longer than a round
+    trip; all of them are answered by one resend."""
+    b = bench(latency=0.002, spacing=0.004)  # 32 in flight: 128 ms of queue, a 8 ms link
+    sender = b.sender(window=32, faults=FaultPlan.dropping({3}), reply_timeout=2.0)
+    result = await within(sender.push(IMAGE))
+    assert bytes(b.device.written) == IMAGE
+    assert result.requests_seen == 31  # chunks 4..34 each asked for 3
+    assert max(Counter(b.device.received).values()) == 2, "a chunk was resent twice"
+
+
+async def test_a_lost_last_chunk_is_sent_again_before_the_reply_timeout(bench: Any) -> None:
+    """No chunk after it draws a REQUEST: after two round trips of silence it goes again."""
+    b = bench(latency=0.002)
+    sender = b.sender(window=8, faults=FaultPlan.named("drop_last", CHUNKS), reply_timeout=30.0)
+    result = await within(sender.push(IMAGE), 5.0)
+    assert bytes(b.device.written) == IMAGE
+    assert (result.retransmissions, result.requests_seen) == (1, 0)
 
 
 async def test_a_fixed_window_stays_fixed_through_a_request(bench: Any) -> None:
@@ -365,9 +394,22 @@ def test_auto_window_halves_for_the_resend_after_a_request() -> None:
     window = AutoWindow()
     drive(window, rtt=0.6, rate=14.0)
     before = window.size
-    window.went_back()
+    window.went_back(0.0)
     assert window.size == before // 2
     assert window.target == pytest.approx(link_window(0.6, 14.0), rel=0.05)
+
+
+def test_auto_window_paces_its_chunks_for_a_while_after_a_request() -> None:
+    """After a lost chunk it sends at the answer rate, so no queue builds in front of the next."""
+    window = AutoWindow()
+    drive(window, rtt=0.3, rate=14.0)
+    assert window.pace(100.0) is None  # a clean link: the window alone
+    assert window.rtt is not None and window.rate is not None
+    window.went_back(100.0)
+    assert window.pace(100.0) == pytest.approx(1 / (DRAIN_PACE * window.rate))
+    assert window.pace(100.0 + DRAIN_RTTS * window.rtt * 0.99) is not None
+    assert window.pace(100.0 + DRAIN_RTTS * window.rtt) is None
+    assert make_window(8).pace(0.0) is None
 
 
 def test_make_window_takes_auto_or_a_number() -> None:
