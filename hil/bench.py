@@ -312,21 +312,38 @@ def _order(run: Run) -> tuple[float, float, int]:
     return (run.rtt_ms, run.loss, MAX_WINDOW + 1 if run.window == AUTO else int(run.window))
 
 
-def loss_bound(run: Run, one: Run, ceiling: Run) -> str:
-    """The most of the ceiling any sender can reach with this loss, as the device writes in
-    order.
+@dataclass(frozen=True)
+class LossBound:
+    """The most of the ceiling any sender can reach with a loss, as the device writes in order.
 
     Every chunk that arrives after a lost one is discarded, until the resent one arrives: at
     least one chunk round trip (window 1's time per chunk) in which the device writes nothing,
     counted in the ceiling's time per chunk.
     """
-    stall = (one.seconds / one.chunks) / (ceiling.seconds / ceiling.chunks)  # in chunk times
-    losses = run.loss / (1 - run.loss)  # per chunk written: a resent chunk may be lost again
-    bound = 1 / (1 + losses * stall)
-    return (
-        f" (a chunk round trip is {stall:.1f} chunk times, so no sender passes "
-        f"~{bound:.0%} at this loss: the device discards what follows a gap)"
-    )
+
+    stall: float  # chunk times a lost chunk idles the device, at least
+    lost: float  # chunks lost per chunk written: a resent chunk may be lost again
+
+    @property
+    def fraction(self) -> float:
+        return 1 / (1 + self.lost * self.stall)
+
+    def explain(self) -> str:
+        return (
+            f"the device writes in order, so no sender passes ~{self.fraction:.0%} here: a chunk "
+            f"round trip is {self.stall:.1f} chunk times, and each of the {self.lost * 100:.1f} "
+            f"chunks lost per 100 written idles the device that long: "
+            f"1 / (1 + {self.lost:.3f} x {self.stall:.1f}) = {self.fraction:.0%}"
+        )
+
+
+def loss_bound(run: Run, runs: list[Run], ceiling: Run) -> LossBound | None:
+    """The bound for a lossy run, from window 1's lossless run at its round trip, if measured."""
+    one = next((r for r in runs if (r.rtt_ms, r.loss, r.window) == (run.rtt_ms, 0, 1)), None)
+    if not run.loss or one is None or one.failed:
+        return None
+    stall = (one.seconds / one.chunks) / (ceiling.seconds / ceiling.chunks)
+    return LossBound(stall, run.loss / (1 - run.loss))
 
 
 def verdicts(runs: list[Run], uart: Ceiling) -> list[str]:
@@ -345,15 +362,29 @@ def verdicts(runs: list[Run], uart: Ceiling) -> list[str]:
             lines.append(f"target {target.describe()} ({want}): not measured in this run")
             continue
         if run.failed:
-            lines.append(f"target {target.describe()} ({want}): NOT MET, the push failed")
+            line = f"target {target.describe()} ({want}): NOT MET, the push failed"
+        else:
+            fraction = run.throughput / ceiling.throughput
+            met = "MET" if fraction >= target.fraction else "NOT MET"
+            line = (
+                f"target {target.describe()}: {fraction:.0%} of the measured ceiling ({want}): "
+                f"{met}"
+            )
+        bound = loss_bound(run, runs, ceiling)
+        if bound is not None:
+            line += f"; {bound.explain()}"
+            if bound.fraction < target.fraction:
+                line += "; the target is above that bound: no window meets it with this device"
+        lines.append(line)
+    targeted = {(t.rtt_ms, t.loss) for t in TARGETS}
+    for run in sorted(runs, key=_order):
+        if not run.loss or run.window != AUTO or (run.rtt_ms, run.loss) in targeted:
             continue
-        fraction = run.throughput / ceiling.throughput
-        met = "MET" if fraction >= target.fraction else "NOT MET"
-        one = next((r for r in runs if (r.rtt_ms, r.loss, r.window) == (run.rtt_ms, 0, 1)), None)
-        bound = loss_bound(run, one, ceiling) if run.loss and one and not one.failed else ""
+        got = "the push failed" if run.failed else f"{run.throughput / ceiling.throughput:.0%}"
+        bound = loss_bound(run, runs, ceiling)
         lines.append(
-            f"target {target.describe()}: {fraction:.0%} of the measured ceiling ({want}): "
-            f"{met}{bound}"
+            f"{Target(run.rtt_ms, run.loss, 0.0).describe()} (no target): {got} of the measured "
+            "ceiling" + (f"; {bound.explain()}" if bound else "")
         )
     return lines
 

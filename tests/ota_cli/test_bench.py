@@ -37,6 +37,7 @@ def test_verdicts_are_ratios_to_the_ceiling_measured_in_the_same_run():
         _run(600, AUTO, 11.5),  # 87 %
         _run(600, 1, 80.0),  # 0.8 s a chunk: 8 of the ceiling's 0.1 s
         _run(600, AUTO, 20.0, loss=0.05),  # 50 %
+        _run(300, AUTO, 16.0, loss=0.05),  # 62 %, no target
     ]
     lines = bench.verdicts(runs, bench.uart_ceiling(load_profile(), 50800))
     assert lines[0].startswith("measured ceiling: 5.08 kB/s at 0 ms with window 64")
@@ -46,11 +47,30 @@ def test_verdicts_are_ratios_to_the_ceiling_measured_in_the_same_run():
     assert lines[2] == (
         "target at 600 ms, window auto: 87% of the measured ceiling (want >= 90%): NOT MET"
     )
+    # 0.05 / 0.95 = 0.0526 lost per chunk written, 8 chunk times each: 1 / 1.42 = 70 %
     assert lines[3] == (
         "target at 600 ms with 5% of the chunks lost, window auto: 50% of the measured ceiling "
-        "(want >= 75%): NOT MET (a chunk round trip is 8.0 chunk times, so no sender passes "
-        "~70% at this loss: the device discards what follows a gap)"
+        "(want >= 75%): NOT MET; the device writes in order, so no sender passes ~70% here: "
+        "a chunk round trip is 8.0 chunk times, and each of the 5.3 chunks lost per 100 "
+        "written idles the device that long: 1 / (1 + 0.053 x 8.0) = 70%; the target is "
+        "above that bound: no window meets it with this device"
     )
+    # 0.4 s a chunk at 300 ms: 4 chunk times, 1 / 1.21 = 83 %
+    assert lines[4] == (
+        "at 300 ms with 5% of the chunks lost, window auto (no target): 62% of the measured "
+        "ceiling; the device writes in order, so no sender passes ~83% here: a chunk round "
+        "trip is 4.0 chunk times, and each of the 5.3 chunks lost per 100 written idles the "
+        "device that long: 1 / (1 + 0.053 x 4.0) = 83%"
+    )
+    assert len(lines) == 5
+
+
+def test_a_lossy_target_below_its_bound_is_not_called_out_of_reach():
+    runs = [_run(0, MAX_WINDOW, 10.0), _run(600, 1, 20.0), _run(600, AUTO, 12.0, loss=0.05)]
+    line = bench.verdicts(runs, bench.uart_ceiling(load_profile(), 50800))[3]
+    assert line.startswith("target at 600 ms with 5% of the chunks lost, window auto: 83% of ")
+    assert "(want >= 75%): MET; the device writes in order, so no sender passes ~90% here" in line
+    assert "above that bound" not in line
 
 
 def test_a_failed_push_is_a_row_and_a_verdict_not_the_end_of_the_run():
