@@ -116,7 +116,9 @@ def rig_files(values: Iterable[str | Path], base: Path) -> list[Path]:
         elif path.is_file():
             found = [path]
         else:
-            raise ConfigError("", "no such rig file or folder; --rig takes either", path)
+            raise ConfigError(
+                "", "no such rig file or folder: name a rig file or a folder of them", path
+            )
         files.extend(f for f in found if f not in files)
     return files
 

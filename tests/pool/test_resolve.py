@@ -67,3 +67,8 @@ def test_a_bad_file_in_the_pool_stops_the_run_naming_it(benches, pytester) -> No
     errors = [line for line in result.errlines if "bad rig file" in line]
     assert errors and f"hil: bad rig file: {bad}: [console.driver]" in errors[0], result.errlines
     assert not (pytester.path / "hil-artifacts").exists()
+
+
+def test_a_path_that_is_neither_file_nor_folder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"benhces\.toml.*no such rig file or folder"):
+        rig_files(["benhces.toml"], tmp_path)
