@@ -101,14 +101,18 @@ class DeviceState:
         means = self.rig.reset_means[0]
         boot_s = self.profile.limits.boot_s
         started = time.time()
-        since_mqtt, since_console = self.mqtt.mark(), self.console.mark()
+        before_mqtt, since_console = self.mqtt.mark(), self.console.mark()
         with self.console.reboot_expected():
             try:
                 await asyncio.to_thread(self._pulse)
             except Exception as exc:  # a relay or reset line that cannot be driven
                 raise RigDown(
-                    self._diagnosis(means, f"{means} failed: {exc}", since_mqtt)
+                    self._diagnosis(means, f"{means} failed: {exc}", before_mqtt)
                 ) from None
+            # Proof of the restart is what comes after the pulse: a STATUS:ONLINE that
+            # arrives while the power is off was sent by the device's previous life (a
+            # board still connecting when the run began, or a message late from the broker).
+            since_mqtt = self.mqtt.mark()
             try:
                 record = await self.mqtt.expect(
                     self.profile.mqtt.status_topic, self._online_re, boot_s, since=since_mqtt
