@@ -318,11 +318,13 @@ def image_info(path: Path) -> str:
 
 @pytest.fixture
 def console_log() -> Iterator[Callable[[Path], ConsoleLog]]:
-    """`console_log(port)`: a console reader, closed at the end of the test."""
+    """`console_log(port)`: a console reader, with the port open (a UART bridge drops what
+    the chip prints while no host has it open), closed at the end of the test."""
     logs: list[ConsoleLog] = []
 
     def start(port: Path) -> ConsoleLog:
         logs.append(ConsoleLog(port))
+        until(lambda: logs[-1].ports_seen, ESPTOOL_S, "the console reader opening the port")
         return logs[-1]
 
     yield start
