@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ from hil.broker.mosquitto import MosquittoBroker, MosquittoOptions
 from hil.mqtt import MqttRecorder
 from hil.rig import load_rig
 from tests.core.conftest import needs_mosquitto
+from tests.waiting import until
 
 pytestmark = needs_mosquitto
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,10 +68,8 @@ class Board:
     def cycle(self, seconds: float) -> None:
         seen = len(self.mqtt.records)
         mosquitto_pub(self.endpoint, self.topic, "STATUS:ONLINE:1.0.0")
-        deadline = time.monotonic() + 10
-        while len(self.mqtt.records) == seen:  # the late message is in before power returns
-            assert time.monotonic() < deadline, "the recorder never got the late ONLINE"
-            time.sleep(0.01)
+        # The late message is in before the power returns.
+        until(lambda: len(self.mqtt.records) > seen, 10, "the recorder getting the late ONLINE")
         boot = threading.Timer(
             BOOT_S, mosquitto_pub, (self.endpoint, self.topic, "STATUS:ONLINE:2.0.0")
         )
